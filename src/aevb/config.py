@@ -1,0 +1,200 @@
+"""Config schema: what each config group may hold and which values are allowed.
+
+The YAML files under conf/ hold the defaults; these dataclasses hold the rules. `Settings`
+checks a composed config before any work starts and raises `ConfigError` with one line naming
+the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from aevb.data import BINARIZE, SOURCES
+from aevb.likelihoods import LIKELIHOODS
+from aevb.metrics import KL_ESTIMATORS
+from aevb.networks import ACTIVATIONS, ARCHITECTURES
+from aevb.vae import OPTIMIZERS
+
+
+class ConfigError(ValueError):
+    """A config value outside what is allowed; str() is one line naming the key."""
+
+    def __init__(self, key: str, allowed: str, got: Any) -> None:
+        super().__init__(f"{key} must be {allowed}, got {got!r}")
+        self.key = key
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _require(ok: bool, key: str, allowed: str, got: Any) -> None:
+    if not ok:
+        raise ConfigError(key, allowed, got)
+
+
+def _choice(value: Any, key: str, options: Any) -> None:
+    _require(value in options, key, f"one of {sorted(options)}", value)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str
+    root: str
+    download: bool
+    batch_size: int
+    eval_batch_size: int
+    val_size: int
+    num_train: int | None
+    seed: int
+    binarize: str
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "data.name", SOURCES)
+        _choice(self.binarize, "data.binarize", (*BINARIZE, "auto"))
+        _require(isinstance(self.download, bool), "data.download", "true or false", self.download)
+        for key in ("batch_size", "eval_batch_size"):
+            v = getattr(self, key)
+            _require(_is_int(v) and v > 0, f"data.{key}", "an integer > 0", v)
+        _require(_is_int(self.val_size) and self.val_size >= 0, "data.val_size", "an integer >= 0", self.val_size)
+        n = self.num_train
+        _require(n is None or (_is_int(n) and n > 0), "data.num_train", "null or an integer > 0", n)
+        _require(_is_int(self.seed), "data.seed", "an integer", self.seed)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    latent_dim: int
+    hidden_dims: list[int]
+    activation: str
+    beta: float
+    samples: int
+    kl: str
+    init_std: float | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.architecture, "model.architecture", ARCHITECTURES)
+        _require(_is_int(self.latent_dim) and self.latent_dim > 0, "model.latent_dim", "an integer > 0", self.latent_dim)
+        dims = self.hidden_dims
+        _require(
+            isinstance(dims, list) and all(_is_int(d) and d > 0 for d in dims),
+            "model.hidden_dims",
+            "a list of integers > 0",
+            dims,
+        )
+        _choice(self.activation, "model.activation", ACTIVATIONS)
+        _require(_is_real(self.beta) and self.beta >= 0, "model.beta", "a finite number >= 0", self.beta)
+        _require(_is_int(self.samples) and self.samples > 0, "model.samples", "an integer >= 1", self.samples)
+        _choice(self.kl, "model.kl", KL_ESTIMATORS)
+        s = self.init_std
+        _require(s is None or (_is_real(s) and s > 0), "model.init_std", "null or a number > 0", s)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str
+    lr: float
+    weight_decay: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "optim.name", OPTIMIZERS)
+        _require(_is_real(self.lr) and self.lr > 0, "optim.lr", "a finite number > 0", self.lr)
+        wd = self.weight_decay
+        _require(_is_real(wd) and wd >= 0, "optim.weight_decay", "a finite number >= 0", wd)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay, **self.extra}
+
+
+@dataclass(frozen=True)
+class LikelihoodConfig:
+    name: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "likelihood.name", LIKELIHOODS)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"name": self.name, **self.extra}
+
+
+def _build(cls: type, group: str, values: dict[str, Any]) -> Any:
+    names = [f.name for f in dataclasses.fields(cls)]
+    if "extra" in names:
+        fixed = {k: v for k, v in values.items() if k in names}
+        return cls(**fixed, extra={k: v for k, v in values.items() if k not in names})
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{group}.{unknown[0]}", f"one of the known keys {names}", "unknown key")
+    missing = [n for n in names if n not in values and cls.__dataclass_fields__[n].default is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{group}.{missing[0]}", "set", "missing")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated, typed view of a composed training config."""
+
+    data: DataConfig
+    model: ModelConfig
+    likelihood: LikelihoodConfig
+    optim: OptimConfig
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> Settings:
+        def group(name: str) -> dict[str, Any]:
+            node = cfg.get(name)
+            if node is None:
+                raise ConfigError(name, "a config group", None)
+            return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+
+        likelihood = _build(LikelihoodConfig, "likelihood", group("likelihood"))
+        data = _build(DataConfig, "data", group("data"))
+        if data.binarize == "auto":  # binary likelihoods get dynamic binarization, others grey levels
+            support = LIKELIHOODS[likelihood.name].support
+            data = dataclasses.replace(data, binarize="dynamic" if support == "binary" else "none")
+        return cls(
+            data=data,
+            model=_build(ModelConfig, "model", group("model")),
+            likelihood=likelihood,
+            optim=_build(OptimConfig, "optim", group("optim")),
+        )
+
+    def datamodule_kwargs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.data)
+
+    def model_kwargs(self, data_shape: tuple[int, ...]) -> dict[str, Any]:
+        return {
+            "data_shape": tuple(data_shape),
+            **dataclasses.asdict(self.model),
+            "likelihood": self.likelihood.kwargs(),
+            "optim": self.optim.kwargs(),
+        }
+
+    def hparams(self) -> dict[str, Any]:
+        """Flat hyperparameters that identify a run (HParams table, metrics.json)."""
+        flat = {
+            "data": self.data.name,
+            "binarize": self.data.binarize,
+            "batch_size": self.data.batch_size,
+            "num_train": self.data.num_train,
+            "likelihood": self.likelihood.name,
+            "optim": self.optim.name,
+            "lr": self.optim.lr,
+            "weight_decay": self.optim.weight_decay,
+        }
+        flat.update({k: v for k, v in dataclasses.asdict(self.model).items() if k != "hidden_dims"})
+        flat["hidden_dims"] = "-".join(map(str, self.model.hidden_dims))
+        return flat

@@ -1,0 +1,246 @@
+"""Datasets as in-memory tensors, served as index slices (no per-sample __getitem__/collate).
+
+`ImageDataModule` loads a torchvision dataset once, holds images as one float tensor on the
+training device, and serves batches with `TensorLoader`, which shuffles per epoch with a
+seeded generator and shards per rank under DDP.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchvision
+from torch import Tensor
+
+BINARIZE = ("none", "dynamic", "static")
+#: seed of the one-off binarization of validation/test images: fixed so NLLs compare across runs
+EVAL_BINARIZATION_SEED = 20131220
+
+
+class DataError(RuntimeError):
+    """Dataset files missing or unreadable; the message is one line saying what to do."""
+
+
+Split = tuple[Tensor, Tensor]  # images uint8/float [N, C, H, W], labels long [N]
+
+
+def _torchvision_source(cls: type[torchvision.datasets.MNIST]) -> Callable[..., tuple[Split, Split]]:
+    def load(root: str, download: bool) -> tuple[Split, Split]:
+        folder = Path(root) / cls.__name__ / "raw"
+        files = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
+        try:
+            splits = [cls(root, train=train, download=download) for train in (True, False)]
+        except RuntimeError as err:
+            reason = "download=false" if not download else f"download failed ({_one_line(err)})"
+            raise DataError(
+                f"{cls.__name__} not found: looked for {', '.join(files)} in {folder.resolve()} "
+                f"({reason}); point data.root at the folder that contains {cls.__name__}/raw/"
+            ) from err
+        except (OSError, ValueError, AssertionError) as err:
+            raise DataError(
+                f"{cls.__name__} files in {folder.resolve()} are unreadable "
+                f"({_one_line(err)}); delete them to re-download or fix data.root"
+            ) from err
+        return tuple((ds.data.unsqueeze(1), ds.targets.long()) for ds in splits)  # type: ignore[return-value]
+
+    return load
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+#: data.name -> loader(root, download) -> ((train images, labels), (test images, labels))
+SOURCES: dict[str, Callable[..., tuple[Split, Split]]] = {
+    "mnist": _torchvision_source(torchvision.datasets.MNIST),
+    "fashion_mnist": _torchvision_source(torchvision.datasets.FashionMNIST),
+}
+
+
+class EpochShuffle:
+    """Which rows each rank visits in an epoch: a seeded permutation per epoch, sharded per rank.
+
+    Lightning calls `set_epoch` before every epoch (as for DistributedSampler), so the order
+    depends only on (seed, epoch) and a resumed run sees the same batches.
+    """
+
+    def __init__(
+        self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        # training shards have equal length (drop the remainder); eval shards cover all rows
+        if self.shuffle:
+            return self.n // self.world_size
+        return len(range(self.rank, self.n, self.world_size))
+
+    def indices(self) -> Tensor:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+            return order[self.rank : len(self) * self.world_size : self.world_size]
+        return torch.arange(self.rank, self.n, self.world_size)
+
+
+class TensorLoader:
+    """Iterable of (images, labels) batches sliced from tensors that already live on the device.
+
+    With `binarize=True` each batch is a fresh Bernoulli sample of its grey levels (dynamic
+    binarization), drawn from a generator seeded by (seed, epoch). Exposes `sampler` (with
+    `set_epoch`) and `batch_sampler = None` the way Lightning inspects a DataLoader.
+    """
+
+    batch_sampler = None
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        sampler: EpochShuffle,
+        binarize: bool = False,
+        drop_last: bool = False,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.sampler = batch_size, sampler
+        self.binarize, self.drop_last = binarize, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        idx = self.sampler.indices().to(self.images.device)
+        gen = None
+        if self.binarize:
+            gen = torch.Generator(device=self.images.device)
+            gen.manual_seed(self.sampler.seed * 7_919 + self.sampler.epoch + 1)
+        for b in range(len(self)):
+            rows = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.images.index_select(0, rows)
+            if gen is not None:
+                x = torch.bernoulli(x, generator=gen)
+            yield x, self.labels.index_select(0, rows)
+
+
+def binarize_once(images: Tensor, seed: int) -> Tensor:
+    """One fixed Bernoulli sample of grey-level images (static binarization)."""
+    g = torch.Generator(device=images.device).manual_seed(seed)
+    return torch.bernoulli(images, generator=g)
+
+
+class ImageDataModule(L.LightningDataModule):
+    """MNIST-like image data held in memory as float tensors in [0, 1], shape [N, C, H, W].
+
+    Args mirror the `data` config group: `name` (see SOURCES), `root`, `download`,
+    `batch_size`, `eval_batch_size`, `val_size` (held out of the training set by a permutation
+    seeded with `seed`), `num_train` (optional subset of the remaining training images),
+    `seed`, `binarize` (none | dynamic | static). Validation/test images are binarized once with
+    EVAL_BINARIZATION_SEED whenever binarize != none.
+    """
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        root: str = "data",
+        download: bool = True,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        num_train: int | None = None,
+        seed: int = 0,
+        binarize: str = "dynamic",
+    ) -> None:
+        super().__init__()
+        if name not in SOURCES:
+            raise ValueError(f"data.name must be one of {sorted(SOURCES)}, got {name!r}")
+        if binarize not in BINARIZE:
+            raise ValueError(f"data.binarize must be one of {BINARIZE}, got {binarize!r}")
+        self.name, self.root, self.download = name, str(root), download
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.num_train, self.seed = val_size, num_train, seed
+        self.binarize = binarize
+        self._raw: tuple[Split, Split] | None = None
+        self._loaded = False
+
+    def prepare_data(self) -> None:
+        """Download if allowed (Lightning runs this on one process per node)."""
+        self._raw = SOURCES[self.name](self.root, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._loaded:
+            return
+        raw = self._raw or SOURCES[self.name](self.root, self.download)
+        self._raw = None
+        (train_x, train_y), (test_x, test_y) = raw
+        device = self._device()
+        train_x = train_x.to(device=device, dtype=torch.float32) / 255.0
+        test_x = test_x.to(device=device, dtype=torch.float32) / 255.0
+        train_y, test_y = train_y.to(device), test_y.to(device)
+        if not 0 <= self.val_size < len(train_x):
+            raise ValueError(
+                f"data.val_size must be in [0, {len(train_x) - 1}], got {self.val_size}"
+            )
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(self.seed))
+        val_rows, train_rows = order[: self.val_size], order[self.val_size :]
+        if self.num_train is not None:
+            if not 0 < self.num_train <= len(train_rows):
+                raise ValueError(
+                    f"data.num_train must be in [1, {len(train_rows)}], got {self.num_train}"
+                )
+            train_rows = train_rows[: self.num_train]
+        val_rows, train_rows = val_rows.to(device), train_rows.to(device)
+        self.train_images, self.train_labels = train_x[train_rows], train_y[train_rows]
+        self.val_images, self.val_labels = train_x[val_rows], train_y[val_rows]
+        self.test_images, self.test_labels = test_x, test_y
+        if self.binarize == "static":
+            self.train_images = binarize_once(self.train_images, self.seed)
+        if self.binarize != "none":
+            self.val_images = binarize_once(self.val_images, EVAL_BINARIZATION_SEED)
+            self.test_images = binarize_once(self.test_images, EVAL_BINARIZATION_SEED + 1)
+        self._loaded = True
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """[C, H, W] of one image (available after setup)."""
+        return tuple(self.test_images.shape[1:])  # type: ignore[return-value]
+
+    def _device(self) -> torch.device:
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, images: Tensor, labels: Tensor, train: bool) -> TensorLoader:
+        rank, world = self._rank()
+        sampler = EpochShuffle(len(images), shuffle=train, seed=self.seed, rank=rank, world_size=world)
+        return TensorLoader(
+            images,
+            labels,
+            self.batch_size if train else self.eval_batch_size,
+            sampler,
+            binarize=train and self.binarize == "dynamic",
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> TensorLoader:
+        return self._loader(self.train_images, self.train_labels, train=True)
+
+    def val_dataloader(self) -> TensorLoader:
+        return self._loader(self.val_images, self.val_labels, train=False)
+
+    def test_dataloader(self) -> TensorLoader:
+        return self._loader(self.test_images, self.test_labels, train=False)

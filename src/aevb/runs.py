@@ -1,0 +1,56 @@
+"""Open a finished run directory: its config, best model, data and metrics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from aevb.data import ImageDataModule
+from aevb.vae import VAE
+
+
+@dataclass
+class Run:
+    """A finished `aevb-train` run: `.cfg`, `.model` (eval mode), `.datamodule`, `.metrics`."""
+
+    path: Path
+    cfg: DictConfig
+    model: VAE
+    datamodule: ImageDataModule
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_of(run_dir: Path) -> Path:
+    """The best checkpoint of a run (falls back to last.ckpt)."""
+    for name in ("best.ckpt", "last.ckpt"):
+        path = run_dir / "checkpoints" / name
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no checkpoints/best.ckpt or checkpoints/last.ckpt in {run_dir}")
+
+
+def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
+    """Load a run written by `aevb-train`: the same data (and binarization seeds) and best model."""
+    from aevb.config import Settings  # late: config imports every module
+
+    run_dir = Path(run_dir).resolve()
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not an aevb run directory (no .hydra/config.yaml)")
+    cfg = OmegaConf.load(cfg_path)
+    settings = Settings.from_cfg(cfg)
+    data_kwargs = settings.datamodule_kwargs()
+    root = Path(data_kwargs["root"]).expanduser()
+    if not root.is_absolute():  # relative to where the run was launched
+        launch = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd
+        root = Path(launch) / root
+    data_kwargs.update(root=str(root), download=False)
+    model = VAE.load_from_checkpoint(checkpoint_of(run_dir), map_location=map_location)
+    model.eval()
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return Run(run_dir, cfg, model, ImageDataModule(**data_kwargs), metrics)

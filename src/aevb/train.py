@@ -1,0 +1,146 @@
+"""`aevb-train`: the Hydra app that trains, validates and tests a VAE and writes a run dir.
+
+Run dir (Hydra's output dir): .hydra/ (resolved config), TensorBoard event files,
+checkpoints/{best,last}.ckpt, metrics.json (test metrics of the best checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from aevb.atomic import write_json_atomic
+from aevb.config import ConfigError, Settings
+from aevb.data import DataError, ImageDataModule
+from aevb.vae import VAE
+
+log = logging.getLogger("aevb.train")
+
+
+def config_dir() -> str:
+    """conf/ inside an installed wheel (aevb/conf) or at the root of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"aevb configs not found next to {here} nor at {here.parents[1]}")
+
+
+def _instantiate_all(node: DictConfig | None) -> list[Any]:
+    if node is None:
+        return []
+    if "_target_" in node:
+        return [hydra.utils.instantiate(node)]
+    return [hydra.utils.instantiate(v) for v in node.values() if v is not None and "_target_" in v]
+
+
+def _checkpoint_callback(trainer: L.Trainer) -> L.pytorch.callbacks.ModelCheckpoint | None:
+    return trainer.checkpoint_callback
+
+
+def _as_floats(results: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: float(v) for r in results for k, v in r.items()}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, validate and test one configuration; returns the dict written to metrics.json."""
+    settings = Settings.from_cfg(cfg)  # raises ConfigError before any work
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    torch.set_float32_matmul_precision("high")
+    L.seed_everything(cfg.seed, workers=False, verbose=False)
+
+    datamodule = ImageDataModule(**settings.datamodule_kwargs())
+    loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+    )
+    datamodule.trainer = trainer
+    if trainer.is_global_zero:
+        datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = VAE(**settings.model_kwargs(datamodule.data_shape))
+
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_seconds = time.perf_counter() - start
+
+    ckpt = _checkpoint_callback(trainer)
+    best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    final_val = trainer.callback_metrics.get("val/elbo")
+    final_is_best = (
+        best_path is None
+        or final_val is None
+        or math.isclose(float(ckpt.best_model_score), float(final_val), rel_tol=0, abs_tol=1e-6)
+    )
+    metrics: dict[str, Any] = {"status": "completed"}
+    if not final_is_best:  # test the final weights too, under their own prefix
+        model.test_prefix = "test_final"
+        metrics.update(_as_floats(trainer.test(model, datamodule=datamodule, verbose=False)))
+        model.test_prefix = "test"
+    metrics.update(
+        _as_floats(trainer.test(model, datamodule=datamodule, ckpt_path=best_path, verbose=False))
+    )
+    metrics.update(
+        {
+            "best_checkpoint": str(Path(best_path).relative_to(run_dir)) if best_path else None,
+            "best_val/elbo": float(ckpt.best_model_score) if best_path else None,
+            "final_is_best": final_is_best,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "samples_seen": int(model.samples_seen),
+            "wall_time_s": round(time.perf_counter() - start, 3),
+            "fit_time_s": round(fit_seconds, 3),
+            "hparams": settings.hparams(),
+        }
+    )
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        print(_summary(metrics, run_dir))
+    return metrics
+
+
+def _summary(metrics: dict[str, Any], run_dir: Path) -> str:
+    keys = [k for k in metrics if k.startswith("test/")]
+    parts = [f"{k}={metrics[k]:.3f}" for k in sorted(keys)]
+    return (
+        f"final test metrics ({metrics['best_checkpoint']}): " + "  ".join(parts)
+        + f"\nsamples_seen={metrics['samples_seen']}  wall_time_s={metrics['wall_time_s']:.1f}"
+        + f"\nrun dir: {run_dir}"
+    )
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def _app(cfg: DictConfig) -> float | None:
+    try:
+        metrics = train(cfg)
+    except (ConfigError, DataError, ValueError) as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records the failed job and the sweep goes on
+        print(f"aevb-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return metrics.get("best_val/elbo")
+
+
+def main() -> None:
+    """Console script entry point (`aevb-train`)."""
+    _app()
+
+
+if __name__ == "__main__":
+    main()

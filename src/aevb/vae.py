@@ -1,0 +1,170 @@
+"""The VAE as a LightningModule: encoder -> q(z|x), decoder -> p(x|z), N(0, I) prior.
+
+The objective is `aevb.metrics.elbo`; this module only composes networks, likelihood and
+optimiser, and logs `{train,val,test}/{elbo,recon,kl,loss}` in nats per datapoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, Normal
+
+from aevb import metrics
+from aevb.likelihoods import build_likelihood
+from aevb.networks import build_networks, init_normal_
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+}
+
+
+class VAE(L.LightningModule):
+    """Variational autoencoder trained by maximising the SGVB estimate of the ELBO.
+
+    Args:
+        data_shape: image shape [C, H, W].
+        latent_dim: dimensionality D of z.
+        hidden_dims: encoder hidden widths; the decoder mirrors them.
+        activation: hidden nonlinearity (see `aevb.networks.ACTIVATIONS`).
+        architecture: network family (see `aevb.networks.build_networks`).
+        likelihood: `{"name": ..., **kwargs}` for `aevb.likelihoods.build_likelihood`.
+        beta: weight of the KL term in the training loss (1 = the ELBO).
+        samples: L, Monte Carlo samples of z per datapoint.
+        kl: "analytic" (estimator B) or "mc" (estimator A).
+        init_std: if set, draw all parameters from N(0, init_std^2) (the paper uses 0.01).
+        optim: `{"name": adam|adagrad|sgd, "lr": ..., "weight_decay": ..., **kwargs}`.
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int] = (1, 28, 28),
+        latent_dim: int = 20,
+        hidden_dims: Sequence[int] = (400,),
+        activation: str = "relu",
+        architecture: str = "mlp",
+        likelihood: dict[str, Any] | None = None,
+        beta: float = 1.0,
+        samples: int = 1,
+        kl: str = "analytic",
+        init_std: float | None = None,
+        optim: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.data_shape = tuple(data_shape)
+        lik = dict(likelihood or {"name": "bernoulli"})
+        self.likelihood = build_likelihood(lik.pop("name"), self.data_shape, **lik)
+        self.encoder, self.decoder = build_networks(
+            architecture,
+            self.data_shape,
+            latent_dim,
+            list(hidden_dims),
+            activation,
+            self.likelihood.params_per_pixel,
+        )
+        if init_std is not None:
+            init_normal_(self, init_std)
+        self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
+        self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
+        #: training datapoints processed so far, over all ranks (saved in checkpoints)
+        self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
+        #: metric prefix used by `test_step` (the entry point renames it to test another model)
+        self.test_prefix = "test"
+
+    # ----- public probabilistic API -------------------------------------------------------
+    @property
+    def prior(self) -> Independent:
+        """p(z) = N(0, I), event shape [latent_dim]."""
+        return Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1)
+
+    def encode(self, x: Tensor) -> Independent:
+        """q(z|x): diagonal Gaussian, batch shape [B], event shape [latent_dim]."""
+        mean, logvar = self.encoder(x)
+        return metrics.diagonal_gaussian(mean, logvar)
+
+    def decode(self, z: Tensor) -> Distribution:
+        """p(x|z): batch shape [N], event shape = image shape, so log_prob(x) is [N]."""
+        return self.likelihood(self.decoder(z))
+
+    def elbo_terms(self, x: Tensor, samples: int | None = None) -> metrics.ELBOTerms:
+        """recon, KL and per-dimension KL of the bound for a batch (nats per datapoint)."""
+        return metrics.elbo(
+            x,
+            self.encode(x),
+            self.decode,
+            self.prior,
+            samples=samples or self.hparams.samples,
+            kl=self.hparams.kl,
+        )
+
+    def elbo(self, x: Tensor, samples: int | None = None) -> Tensor:
+        """ELBO(x) per datapoint, Tensor[B] in nats (beta = 1 regardless of training beta)."""
+        return self.elbo_terms(x, samples).elbo
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n images E[x|z] with z ~ p(z): Tensor[n, C, H, W]."""
+        z = torch.randn(
+            n, self.hparams.latent_dim, generator=generator, device=self.prior_loc.device
+        )
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x|z] at the posterior mean z = E_q[z|x]: Tensor[B, C, H, W]."""
+        return self.likelihood.mean(self.decoder(self.encode(x).mean))
+
+    # ----- Lightning ----------------------------------------------------------------------
+    def loss(self, terms: metrics.ELBOTerms) -> Tensor:
+        """The minimised objective: -(recon - beta * KL), averaged over the batch."""
+        return -(terms.recon - self.hparams.beta * terms.kl).mean()
+
+    def _step(self, batch: tuple[Tensor, Tensor], prefix: str) -> Tensor:
+        x = batch[0]
+        terms = self.elbo_terms(x)
+        loss = self.loss(terms)
+        values = {
+            f"{prefix}/elbo": terms.elbo.mean(),
+            f"{prefix}/recon": terms.recon.mean(),
+            f"{prefix}/kl": terms.kl.mean(),
+            f"{prefix}/loss": loss,
+        }
+        self.log_dict(
+            values,
+            on_step=False,
+            on_epoch=True,
+            batch_size=x.shape[0],
+            sync_dist=prefix != "train",
+            prog_bar=False,
+        )
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        self.samples_seen += batch[0].shape[0] * self.trainer.world_size
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, self.test_prefix)
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        first = getattr(dm, "val_images", None)
+        if first is not None:
+            self.likelihood.check_data(first[:1000])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        cfg = dict(self.hparams.optim or {"name": "adam", "lr": 1e-3})
+        name = cfg.pop("name")
+        if name not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
+        return OPTIMIZERS[name](self.parameters(), **cfg)

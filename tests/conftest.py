@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny datasets in torchvision's raw layout and a CLI runner.
+
+Nothing here touches ../shared or the network.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array in the IDX format MNIST uses (magic 0x08 = ubyte, then dims)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n 28x28 uint8 images: a class-dependent bar pattern plus noise, labels 0..9."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.int32)
+    for i, c in enumerate(labels):
+        images[i, 4 + 2 * c : 7 + 2 * c, 4:24] += 200
+        images[i, 4:24, 4 + 2 * c : 6 + 2 * c] += 150
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def make_mnist_like(root: Path, folder: str, n_train: int = 600, n_test: int = 200) -> Path:
+    """Write `root/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`."""
+    raw = root / folder / "raw"
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_digits(n, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding tiny MNIST and FashionMNIST (600 train / 200 test images)."""
+    root = tmp_path_factory.mktemp("data")
+    make_mnist_like(root, "MNIST")
+    make_mnist_like(root, "FashionMNIST")
+    return root
+
+
+def tiny_overrides(data_root: Path) -> list[str]:
+    """Overrides for a seconds-long CPU run on the tiny data."""
+    return [
+        f"data.root={data_root}",
+        "data.download=false",
+        "data.val_size=100",
+        "data.batch_size=50",
+        "data.eval_batch_size=100",
+        "model.hidden_dims=[32]",
+        "model.latent_dim=4",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+    ]
+
+
+def run_cli(
+    args: list[str], cwd: Path, script: str = "aevb-train", env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run a console script (through `python -m` so the current interpreter is used)."""
+    module = {"aevb-train": "aevb.train"}.get(script, script)
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
