@@ -134,6 +134,13 @@ class TensorLoader:
             yield x, self.labels.index_select(0, rows)
 
 
+def _unit(images: Tensor) -> Tensor:
+    """Pixel values as float32 in [0, 1] (uint8 / 255; float input is taken as already scaled)."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255.0)
+    return images.to(torch.float32)
+
+
 def binarize_once(images: Tensor, seed: int) -> Tensor:
     """One fixed Bernoulli sample of grey-level images (static binarization)."""
     g = torch.Generator(device=images.device).manual_seed(seed)
@@ -185,8 +192,7 @@ class ImageDataModule(L.LightningDataModule):
         self._raw = None
         (train_x, train_y), (test_x, test_y) = raw
         device = self._device()
-        train_x = train_x.to(device=device, dtype=torch.float32) / 255.0
-        test_x = test_x.to(device=device, dtype=torch.float32) / 255.0
+        train_x, test_x = train_x.to(device), test_x.to(device)  # uint8 until split: less memory
         train_y, test_y = train_y.to(device), test_y.to(device)
         if not 0 <= self.val_size < len(train_x):
             raise ValueError(
@@ -201,9 +207,9 @@ class ImageDataModule(L.LightningDataModule):
                 )
             train_rows = train_rows[: self.num_train]
         val_rows, train_rows = val_rows.to(device), train_rows.to(device)
-        self.train_images, self.train_labels = train_x[train_rows], train_y[train_rows]
-        self.val_images, self.val_labels = train_x[val_rows], train_y[val_rows]
-        self.test_images, self.test_labels = test_x, test_y
+        self.train_images, self.train_labels = _unit(train_x[train_rows]), train_y[train_rows]
+        self.val_images, self.val_labels = _unit(train_x[val_rows]), train_y[val_rows]
+        self.test_images, self.test_labels = _unit(test_x), test_y
         if self.binarize == "static":
             self.train_images = binarize_once(self.train_images, self.seed)
         if self.binarize != "none":
