@@ -25,10 +25,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import torchvision
+from common import matmul_rate, peak_rss_mb, print_table
 from torch import nn
 from torch.utils.data import DataLoader
-
-from common import matmul_rate, peak_rss_mb, print_table
 
 EPOCH = 60_000
 EPOCH_TIMES: list[float] = []
@@ -79,8 +78,9 @@ def run_plain(images: torch.Tensor, args: argparse.Namespace) -> list[float]:
 
 
 def run_dataloader(root: str, args: argparse.Namespace) -> list[float]:
-    ds = torchvision.datasets.MNIST(root, train=True, download=False,
-                                    transform=torchvision.transforms.ToTensor())
+    ds = torchvision.datasets.MNIST(
+        root, train=True, download=False, transform=torchvision.transforms.ToTensor()
+    )
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True)
     model = PlainVAE(args.hidden, args.latent)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -102,10 +102,15 @@ def run_aevb(root: str, args: argparse.Namespace, out: Path) -> tuple[list[float
     from aevb.train import config_dir, train
 
     overrides = [
-        f"data.root={root}", "data.download=false", "data.val_size=0" if args.no_val else "data.val_size=5000",
-        f"data.batch_size={args.batch_size}", f"model.hidden_dims=[{args.hidden}]",
-        f"model.latent_dim={args.latent}", f"trainer.max_epochs={args.epochs}",
-        "trainer.enable_progress_bar=false", "+callbacks.epoch_timer._target_=__main__.EpochTimer",
+        f"data.root={root}",
+        "data.download=false",
+        "data.val_size=0" if args.no_val else "data.val_size=5000",
+        f"data.batch_size={args.batch_size}",
+        f"model.hidden_dims=[{args.hidden}]",
+        f"model.latent_dim={args.latent}",
+        f"trainer.max_epochs={args.epochs}",
+        "trainer.enable_progress_bar=false",
+        "+callbacks.epoch_timer._target_=__main__.EpochTimer",
         *args.aevb_overrides,
     ]
     with initialize_config_dir(config_dir(), version_base="1.3", job_name="bench"):
@@ -119,7 +124,9 @@ def run_aevb(root: str, args: argparse.Namespace, out: Path) -> tuple[list[float
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data-root", required=True, help="folder holding MNIST/raw/*-ubyte")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
@@ -131,8 +138,12 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
 
-    layers = [(784, args.hidden), (args.hidden, 2 * args.latent), (args.latent, args.hidden),
-              (args.hidden, 784)]
+    layers = [
+        (784, args.hidden),
+        (args.hidden, 2 * args.latent),
+        (args.latent, args.hidden),
+        (args.hidden, 784),
+    ]
     rate = matmul_rate(args.batch_size, layers)
     params = sum(m.numel() for m in PlainVAE(args.hidden, args.latent).parameters())
     bound = 6 * params * EPOCH / rate
@@ -145,8 +156,11 @@ def main() -> None:
     results["plain"] = run_plain(ds.data.unsqueeze(1).float() / 255.0, args)
     if not args.skip_dataloader:
         results["dataloader"] = run_dataloader(args.data_root, args)
-    labels = {"plain": "(b) plain loop, tensor slices", "dataloader": "(c) DataLoader per sample",
-              "aevb": "(d) aevb-train (Lightning+TB)"}
+    labels = {
+        "plain": "(b) plain loop, tensor slices",
+        "dataloader": "(c) DataLoader per sample",
+        "aevb": "(d) aevb-train (Lightning+TB)",
+    }
 
     def typical(times: list[float]) -> float:  # drop the first (warm-up) epoch when there are more
         return statistics.median(times[1:] if len(times) > 1 else times)
@@ -156,12 +170,23 @@ def main() -> None:
             continue
         times = results[key]
         t = typical(times)
-        rows.append({"path": labels[key], "s/epoch": t, "samples/s": EPOCH / t, "x bound": t / bound,
-                     "x plain": t / typical(results["plain"]),
-                     "speedup vs (c)": typical(results["dataloader"]) / t if "dataloader" in results else None})
-    print(f"matmul rate {rate / 1e9:.1f} GFLOP/s (the GEMMs of a batch-{args.batch_size} step); "
-          f"{params:,} parameters; aevb trains on {n_train:,} images/epoch; times per 60k images; "
-          f"{args.epochs} epochs, {torch.get_num_threads()} threads")
+        rows.append(
+            {
+                "path": labels[key],
+                "s/epoch": t,
+                "samples/s": EPOCH / t,
+                "x bound": t / bound,
+                "x plain": t / typical(results["plain"]),
+                "speedup vs (c)": typical(results["dataloader"]) / t
+                if "dataloader" in results
+                else None,
+            }
+        )
+    print(
+        f"matmul rate {rate / 1e9:.1f} GFLOP/s (the GEMMs of a batch-{args.batch_size} step); "
+        f"{params:,} parameters; aevb trains on {n_train:,} images/epoch; times per 60k images; "
+        f"{args.epochs} epochs, {torch.get_num_threads()} threads"
+    )
     print_table(rows, ["path", "s/epoch", "samples/s", "x bound", "x plain", "speedup vs (c)"])
     print(f"peak RSS: {rss['aevb']:.0f} MiB after (d) aevb; {peak_rss_mb():.0f} MiB after all")
     assert all(math.isfinite(t) for ts in results.values() for t in ts)

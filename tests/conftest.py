@@ -74,7 +74,10 @@ def tiny_overrides(data_root: Path) -> list[str]:
 
 
 def run_cli(
-    args: list[str], cwd: Path, script: str = "aevb-train", env: dict[str, str] | None = None,
+    args: list[str],
+    cwd: Path,
+    script: str = "aevb-train",
+    env: dict[str, str] | None = None,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
     """Run a console script (through `python -m` so the current interpreter is used)."""

@@ -87,7 +87,9 @@ def test_shuffle_is_seeded_per_epoch_and_sharded_per_rank() -> None:
         assert len(r) == 3 == len(shards[-1])
     merged = torch.cat(shards)
     assert len(torch.unique(merged)) == 9  # disjoint, equal-sized shards
-    evals = [EpochShuffle(10, shuffle=False, seed=0, rank=r, world_size=3).indices() for r in range(3)]
+    evals = [
+        EpochShuffle(10, shuffle=False, seed=0, rank=r, world_size=3).indices() for r in range(3)
+    ]
     assert sorted(torch.cat(evals).tolist()) == list(range(10))  # eval covers every row once
 
 

@@ -24,7 +24,9 @@ from .conftest import REPO, run_cli, tiny_overrides
 def tiny_run(data_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     cwd = tmp_path_factory.mktemp("cli")
     run_dir = cwd / "run"
-    proc = run_cli([*tiny_overrides(data_root), "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"], cwd)
+    proc = run_cli(
+        [*tiny_overrides(data_root), "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"], cwd
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 
@@ -34,7 +36,9 @@ def test_run_writes_metrics_checkpoints_and_prints_summary(tiny_run) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("test/elbo", "test/recon", "test/kl", "test/loss", "wall_time_s"):
         assert math.isfinite(metrics[key]), key
-    assert metrics["test/elbo"] == pytest.approx(metrics["test/recon"] - metrics["test/kl"], abs=1e-3)
+    assert metrics["test/elbo"] == pytest.approx(
+        metrics["test/recon"] - metrics["test/kl"], abs=1e-3
+    )
     assert metrics["samples_seen"] == 2 * 500 and metrics["status"] == "completed"
     assert metrics["hparams"]["latent_dim"] == 4 and metrics["hparams"]["binarize"] == "dynamic"
     assert (run_dir / ".hydra" / "config.yaml").is_file()
@@ -49,7 +53,9 @@ def test_event_files_hold_the_logged_tags(tiny_run) -> None:
         acc = EventAccumulator(str(events))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
-    expected = {f"{s}/{t}" for s in ("train", "val", "test") for t in ("elbo", "recon", "kl", "loss")}
+    expected = {
+        f"{s}/{t}" for s in ("train", "val", "test") for t in ("elbo", "recon", "kl", "loss")
+    }
     assert expected <= tags, expected - tags
 
 
@@ -70,8 +76,11 @@ def test_checkpoint_and_load_run_reproduce_the_test_elbo(tiny_run) -> None:
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("model.latent_dim=0", "model.latent_dim"), ("data.batch_size=0", "data.batch_size"),
-     ("model.beta=-1", "model.beta")],
+    [
+        ("model.latent_dim=0", "model.latent_dim"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("model.beta=-1", "model.beta"),
+    ],
 )
 def test_bad_value_exits_nonzero_naming_the_key(data_root, tmp_path, override, key) -> None:
     proc = run_cli([*tiny_overrides(data_root), override, f"hydra.run.dir={tmp_path}/r"], tmp_path)
@@ -83,17 +92,34 @@ def test_bad_value_exits_nonzero_naming_the_key(data_root, tmp_path, override, k
 def test_installed_console_script_finds_configs_from_any_directory(tmp_path) -> None:
     exe = shutil.which("aevb-train")
     assert exe, "aevb-train is not installed (pip install -e .)"
-    proc = subprocess.run([exe, "--cfg", "job", "data=fashion_mnist"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [exe, "--cfg", "job", "data=fashion_mnist"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "name: fashion_mnist" in proc.stdout and "latent_dim: 20" in proc.stdout
 
 
 def test_wheel_ships_the_configs(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(REPO)],
-        capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     if proc.returncode != 0 and "No module named" in proc.stderr:
         pytest.skip(f"cannot build a wheel offline here: {proc.stderr[-200:]}")

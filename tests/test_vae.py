@@ -41,8 +41,13 @@ def test_training_improves_elbo_and_checkpoint_round_trips(data_root, tmp_path) 
     x = dm.val_images
     before = model.elbo(x).mean().item()
     trainer = L.Trainer(
-        max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_checkpointing=False, default_root_dir=tmp_path, enable_model_summary=False,
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+        enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
     after = model.elbo(x).mean().item()
@@ -51,6 +56,8 @@ def test_training_improves_elbo_and_checkpoint_round_trips(data_root, tmp_path) 
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     loaded = VAE.load_from_checkpoint(path)
-    for (name, p), (_, q) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+    for (name, p), (_, q) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
         torch.testing.assert_close(p, q, msg=name)
     assert int(loaded.samples_seen) == 1500
