@@ -104,7 +104,7 @@ def run_aevb(root: str, args: argparse.Namespace, out: Path) -> tuple[list[float
     overrides = [
         f"data.root={root}",
         "data.download=false",
-        "data.val_size=0" if args.no_val else "data.val_size=5000",
+        f"data.val_size={args.val_size}",
         f"data.batch_size={args.batch_size}",
         f"model.hidden_dims=[{args.hidden}]",
         f"model.latent_dim={args.latent}",
@@ -133,7 +133,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--latent", type=int, default=20)
     p.add_argument("--skip-dataloader", action="store_true", help="skip loop (c)")
-    p.add_argument("--no-val", action="store_true", help="aevb without a validation split")
+    p.add_argument("--val-size", type=int, default=5000, help="aevb validation hold-out")
     p.add_argument("aevb_overrides", nargs="*", help="extra aevb-train overrides for (d)")
     args = p.parse_args()
     torch.manual_seed(0)

@@ -18,6 +18,9 @@ from aevb import metrics
 from aevb.likelihoods import build_likelihood
 from aevb.networks import build_networks, init_normal_
 
+#: per-datapoint quantities logged as `{train,val,test}/<name>` (epoch means, nats)
+LOGGED_TERMS = ("elbo", "recon", "kl", "loss")
+
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adagrad": torch.optim.Adagrad,
@@ -77,6 +80,8 @@ class VAE(L.LightningModule):
         self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
         #: metric prefix used by `test_step` (the entry point renames it to test another model)
         self.test_prefix = "test"
+        #: per-prefix running sums of LOGGED_TERMS and the datapoint count, on the device
+        self._epoch_sums: dict[str, Tensor] = {}
 
     # ----- public probabilistic API -------------------------------------------------------
     @property
@@ -130,21 +135,33 @@ class VAE(L.LightningModule):
         x = batch[0]
         terms = self.elbo_terms(x)
         loss = self.loss(terms)
-        values = {
-            f"{prefix}/elbo": terms.elbo.mean(),
-            f"{prefix}/recon": terms.recon.mean(),
-            f"{prefix}/kl": terms.kl.mean(),
-            f"{prefix}/loss": loss,
-        }
+        self._accumulate(prefix, terms, loss)
+        return loss
+
+    def _accumulate(self, prefix: str, terms: metrics.ELBOTerms, loss: Tensor) -> None:
+        """Add a batch's sums to the epoch totals on the device (no host sync, no per-step log)."""
+        n = terms.elbo.shape[0]
+        values = torch.stack(
+            [terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss * n, loss.new_tensor(n)]
+        ).detach()
+        if prefix in self._epoch_sums:
+            self._epoch_sums[prefix] += values
+        else:
+            self._epoch_sums[prefix] = values
+
+    def _log_epoch(self, prefix: str) -> None:
+        """Log `{prefix}/{elbo,recon,kl,loss}` as exact means over every rank's datapoints."""
+        sums = self._epoch_sums.pop(prefix, None)
+        if sums is None:
+            return
+        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # all ranks (DDP)
+        means = sums[:-1] / sums[-1]
         self.log_dict(
-            values,
+            {f"{prefix}/{name}": v for name, v in zip(LOGGED_TERMS, means, strict=True)},
             on_step=False,
             on_epoch=True,
-            batch_size=x.shape[0],
-            sync_dist=prefix != "train",
-            prog_bar=False,
+            sync_dist=False,  # already reduced
         )
-        return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         self.samples_seen += batch[0].shape[0] * self.trainer.world_size
@@ -155,6 +172,15 @@ class VAE(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, self.test_prefix)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_prefix)
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
