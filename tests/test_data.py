@@ -109,3 +109,14 @@ def test_real_mnist_statistics() -> None:
     assert len(dm.train_images) == 55_000 and len(dm.val_images) == 5_000
     full = torch.cat([dm.train_images, dm.val_images])
     assert abs(full.mean().item() - 0.1307) < 1e-3
+
+
+def test_bernoulli_sample_has_the_bernoulli_distribution() -> None:
+    from aevb.data import bernoulli_sample
+
+    p = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0]).repeat(40_000, 1)
+    x = bernoulli_sample(p, torch.Generator().manual_seed(0))
+    assert set(torch.unique(x).tolist()) <= {0.0, 1.0}
+    freq = x.mean(0)
+    se = (p[0] * (1 - p[0]) / 40_000).sqrt()
+    assert torch.all((freq - p[0]).abs() <= 4 * se + 1e-9), freq
