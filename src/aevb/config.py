@@ -18,7 +18,7 @@ from aevb.data import BINARIZE, SOURCES
 from aevb.likelihoods import LIKELIHOODS
 from aevb.metrics import KL_ESTIMATORS
 from aevb.networks import ACTIVATIONS, ARCHITECTURES
-from aevb.vae import OPTIMIZERS
+from aevb.vae import OPTIMIZERS, EvaluationSettings
 
 
 class ConfigError(ValueError):
@@ -129,6 +129,42 @@ class LikelihoodConfig:
         return {"name": self.name, **self.extra}
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """`eval`: test-time metrics. iw_samples = k of test/nll (0 = skip the importance-weighted
+    metrics); iwae_ks = k of the test/iwae_k{K} bounds (share the draws, so each <= iw_samples);
+    iw_chunk = decoder rows per pass (null = per-device default); seed of the draws."""
+
+    iw_samples: int = 100
+    iw_chunk: int | None = None
+    iwae_ks: list[int] = field(default_factory=lambda: [1, 5, 50])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        k = self.iw_samples
+        _require(_is_int(k) and k >= 0, "eval.iw_samples", "an integer >= 0", k)
+        c = self.iw_chunk
+        _require(c is None or (_is_int(c) and c > 0), "eval.iw_chunk", "null or an integer > 0", c)
+        ks = self.iwae_ks
+        _require(
+            isinstance(ks, list) and all(_is_int(v) and 1 <= v <= max(k, 1) for v in ks),
+            "eval.iwae_ks",
+            f"a list of integers in [1, eval.iw_samples={k}]" if k else "[] when iw_samples=0",
+            ks,
+        )
+        _require(not ks or k > 0, "eval.iwae_ks", "[] when eval.iw_samples=0", ks)
+        _require(_is_int(self.seed), "eval.seed", "an integer", self.seed)
+
+    def test_evaluation(self) -> EvaluationSettings:
+        """The settings `VAE.evaluation` takes."""
+        return EvaluationSettings(
+            iw_samples=self.iw_samples,
+            iwae_ks=tuple(self.iwae_ks),
+            chunk=self.iw_chunk,
+            seed=self.seed,
+        )
+
+
 def _build(cls: type, group: str, values: dict[str, Any]) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     if "extra" in names:
@@ -151,6 +187,7 @@ class Settings:
     model: ModelConfig
     likelihood: LikelihoodConfig
     optim: OptimConfig
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> Settings:
@@ -170,6 +207,7 @@ class Settings:
             model=_build(ModelConfig, "model", group("model")),
             likelihood=likelihood,
             optim=_build(OptimConfig, "optim", group("optim")),
+            eval=_build(EvalConfig, "eval", group("eval")) if "eval" in cfg else EvalConfig(),
         )
 
     def datamodule_kwargs(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ dimensions, one value per datapoint (callers average over the batch).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,3 +64,114 @@ def elbo(
     else:
         raise ValueError(f"model.kl must be one of {KL_ESTIMATORS}, got {kl!r}")
     return ELBOTerms(recon=recon, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim)
+
+
+# ----- importance-weighted evaluation (Burda, Grosse & Salakhutdinov 2016) ------------------
+#: default decoder rows (samples x datapoints) per pass of `importance_log_weights`: small on
+#: CPU so each pass's [rows, pixels] tensors stay in cache, large on accelerators
+IW_CHUNK = {"cpu": 2048, "default": 65536}
+
+
+def importance_log_weights(
+    x: Tensor,
+    posterior: Independent,
+    decode: Callable[[Tensor], Distribution],
+    prior: Distribution,
+    k: int,
+    chunk: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x): Tensor[k, B].
+
+    `posterior` is a diagonal Gaussian (`diagonal_gaussian`) with batch [B]; x is encoded once by
+    the caller. Draws are z = mu + sigma * eps with eps from `generator`, one [B, D] draw per sample
+    index, so the result does not depend on `chunk`, the most decoder rows evaluated at once
+    (None: `IW_CHUNK` for the device).
+    """
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
+    if chunk is None:
+        chunk = IW_CHUNK.get(x.device.type, IW_CHUNK["default"])
+    if not (isinstance(chunk, int) and chunk >= 1):
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+    loc, scale = posterior.base_dist.loc, posterior.base_dist.scale  # [B, D]
+    batch = x.shape[0]
+    per_pass = max(1, min(k, chunk // max(batch, 1)))  # samples per decoder pass
+    rows = max(1, chunk // per_pass)  # datapoints per decoder pass
+    out = torch.empty(k, batch, dtype=loc.dtype, device=loc.device)
+    for i in range(0, k, per_pass):
+        s = min(per_pass, k - i)
+        eps = torch.stack(
+            [
+                torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
+                for _ in range(s)
+            ]
+        )
+        z = loc + scale * eps  # [s, B, D]
+        log_w = out[i : i + s]
+        torch.sub(prior.log_prob(z), posterior.log_prob(z), out=log_w)
+        for j in range(0, batch, rows):
+            zj, xj = z[:, j : j + rows], x[j : j + rows]
+            n = zj.shape[1]
+            log_px = decode(zj.flatten(0, 1)).log_prob(xj.expand(s, *xj.shape).flatten(0, 1))
+            log_w[:, j : j + n] += log_px.view(s, n)
+    return out
+
+
+def iwae_bound(log_w: Tensor, k: int | None = None) -> Tensor:
+    """The k-sample importance-weighted bound per datapoint, Tensor[B] (nats, float64).
+
+    IWAE_k = E[log (1/k) sum_i w_i] <= log p(x) (Burda et al., eq. 8), from log weights [N, B]:
+    the mean over the N // k disjoint groups of k weights (k=N: the plain estimate of log p(x);
+    k=1: the estimator-A ELBO averaged over N draws).
+    """
+    n = log_w.shape[0]
+    k = n if k is None else k
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] (the number of log weights), got {k}")
+    groups = n // k
+    lw = log_w[: groups * k].to(torch.float64).view(groups, k, *log_w.shape[1:])
+    return (torch.logsumexp(lw, dim=1) - math.log(k)).mean(0)
+
+
+def iwae_log_likelihood(
+    x: Tensor,
+    posterior: Independent,
+    decode: Callable[[Tensor], Distribution],
+    prior: Distribution,
+    k: int,
+    chunk: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k: Tensor[B].
+
+    The importance-sampling estimate of Burda et al. (2016); a lower bound in expectation that
+    tightens as k grows. See `importance_log_weights` for sampling and chunking.
+    """
+    return iwae_bound(importance_log_weights(x, posterior, decode, prior, k, chunk, generator))
+
+
+# ----- latent usage ---------------------------------------------------------------------------
+def kl_per_dim(posterior: Independent, prior: Independent) -> Tensor:
+    """KL(q(z_u|x) || p(z_u)) per latent dimension u, analytic: Tensor[B, D] in nats."""
+    return kl_divergence(posterior.base_dist, prior.base_dist).expand(posterior.batch_shape + (-1,))
+
+
+def latent_activity_from_moments(n: Tensor | float, sum_: Tensor, sum_sq: Tensor) -> Tensor:
+    """A_u = Cov_x(E_q[z_u|x]) from the count, sum and sum of squares of posterior means: [D].
+
+    Computed in float64 (population variance) so streaming sums over a test set stay exact enough.
+    """
+    mean = sum_.to(torch.float64) / n
+    return (sum_sq.to(torch.float64) / n - mean**2).clamp_min(0.0)
+
+
+def latent_activity(means: Tensor) -> Tensor:
+    """A_u = Cov_x(E_q[z_u|x]) over a dataset of posterior means [N, D] (Burda et al., sec. 5.2)."""
+    m = means.to(torch.float64)
+    return latent_activity_from_moments(m.shape[0], m.sum(0), (m**2).sum(0))
+
+
+def active_units(activity: Tensor, threshold: float = 0.01) -> int:
+    """Number of latent dimensions with activity A_u > threshold (Burda et al. use 0.01)."""
+    return int((activity > threshold).sum())

@@ -33,8 +33,13 @@ def checkpoint_of(run_dir: Path) -> Path:
     raise FileNotFoundError(f"no checkpoints/best.ckpt or checkpoints/last.ckpt in {run_dir}")
 
 
-def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
-    """Load a run written by `aevb-train`: the same data (and binarization seeds) and best model."""
+def load_run(
+    run_dir: str | Path, map_location: str = "cpu", checkpoint: str | Path | None = None
+) -> Run:
+    """Load a run written by `aevb-train`: the same data (and binarization seeds) and best model.
+
+    `checkpoint` picks another checkpoint of the run (default: `checkpoint_of(run_dir)`).
+    """
     from aevb.config import Settings  # late: config imports every module
 
     run_dir = Path(run_dir).resolve()
@@ -49,7 +54,8 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
         launch = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd
         root = Path(launch) / root
     data_kwargs.update(root=str(root), download=False)
-    model = VAE.load_from_checkpoint(checkpoint_of(run_dir), map_location=map_location)
+    ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_of(run_dir)
+    model = VAE.load_from_checkpoint(ckpt, map_location=map_location)
     model.eval()
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

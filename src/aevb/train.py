@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from aevb.atomic import write_json_atomic
+from aevb.callbacks import log_hparams
 from aevb.config import ConfigError, Settings
 from aevb.data import DataError, ImageDataModule
 from aevb.vae import VAE
@@ -75,6 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule.prepare_data()
     datamodule.setup("fit")
     model = VAE(**settings.model_kwargs(datamodule.data_shape))
+    model.evaluation = settings.eval.test_evaluation()  # test/nll, test/iwae_k*, active units
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -109,6 +111,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "hparams": settings.hparams(),
         }
     )
+    final = {
+        k: v
+        for k, v in metrics.items()
+        if (k.startswith("test") or k == "best_val/elbo") and isinstance(v, float)
+    }
+    log_hparams(loggers, settings.hparams(), final, step=trainer.global_step)  # HParams tab
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
         print(_summary(metrics, run_dir))

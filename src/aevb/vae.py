@@ -7,6 +7,7 @@ optimiser, and logs `{train,val,test}/{elbo,recon,kl,loss}` in nats per datapoin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -26,6 +27,22 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
     "sgd": torch.optim.SGD,
 }
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What `test_step` computes beside the ELBO; the entry point sets `VAE.evaluation`.
+
+    iw_samples: k of `test/nll` (0 = no importance-weighted metrics); iwae_ks: the k of the
+    `test/iwae_k{K}` bounds (each <= iw_samples, sharing its draws); chunk: decoder rows per
+    pass; seed: of the importance samples; active_threshold: of `test/active_units`.
+    """
+
+    iw_samples: int = 0
+    iwae_ks: tuple[int, ...] = ()
+    chunk: int | None = None
+    seed: int = 0
+    active_threshold: float = 0.01
 
 
 class VAE(L.LightningModule):
@@ -126,6 +143,19 @@ class VAE(L.LightningModule):
         """E[x|z] at the posterior mean z = E_q[z|x]: Tensor[B, C, H, W]."""
         return self.likelihood.mean(self.decoder(self.encode(x).mean))
 
+    @torch.inference_mode()
+    def log_likelihood(
+        self,
+        x: Tensor,
+        k: int,
+        chunk: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Importance-sampled log p(x) with k draws from q(z|x) (Burda et al.): Tensor[B], nats."""
+        return metrics.iwae_log_likelihood(
+            x, self.encode(x), self.decode, self.prior, k, chunk, generator
+        )
+
     # ----- Lightning ----------------------------------------------------------------------
     def loss(self, terms: metrics.ELBOTerms) -> Tensor:
         """The minimised objective: -(recon - beta * KL), averaged over the batch."""
@@ -172,6 +202,7 @@ class VAE(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, self.test_prefix)
+        self._accumulate_test_extras(batch[0], self.test_prefix)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -181,6 +212,62 @@ class VAE(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_prefix)
+        self._log_test_extras(self.test_prefix)
+
+    # ----- test-time metrics: importance-weighted NLL, IWAE bounds, active units ----------
+    #: the settings of the test-time metrics (class default: active units only)
+    evaluation: EvaluationSettings = EvaluationSettings()
+
+    def on_test_epoch_start(self) -> None:
+        self._iw_generator = torch.Generator(device=self.device)
+        self._iw_generator.manual_seed(self.evaluation.seed + 7919 * self.global_rank)
+        self._test_extras: dict[str, dict[str, Tensor]] = {}
+
+    def _accumulate_test_extras(self, x: Tensor, prefix: str) -> None:
+        """Add a batch's sums of log p(x), IWAE bounds and latent moments (float64, on device)."""
+        spec = self.evaluation
+        posterior = self.encode(x)
+        mean = posterior.mean.to(torch.float64)
+        sums = {
+            "n": mean.new_tensor(x.shape[0]),
+            "mean": mean.sum(0),
+            "mean_sq": (mean**2).sum(0),
+            "kl": metrics.kl_per_dim(posterior, self.prior).to(torch.float64).sum(0),
+        }
+        if spec.iw_samples > 0:
+            gen, k = self._iw_generator, spec.iw_samples
+            log_w = metrics.importance_log_weights(
+                x, posterior, self.decode, self.prior, k, spec.chunk, gen
+            )
+            sums["log_px"] = metrics.iwae_bound(log_w).sum()
+            for k in spec.iwae_ks:
+                sums[f"iwae_k{k}"] = metrics.iwae_bound(log_w, k).sum()
+        acc = self._test_extras.setdefault(prefix, {})
+        for key, value in sums.items():
+            acc[key] = acc[key] + value if key in acc else value
+
+    def _log_test_extras(self, prefix: str) -> None:
+        """Log `{prefix}/nll` (= -mean log p(x)), `{prefix}/iwae_k{K}`, `{prefix}/active_units`.
+
+        Also keeps `test_latent_stats` (per-dimension KL and activity, lists over dimensions).
+        """
+        acc = getattr(self, "_test_extras", {}).pop(prefix, None)
+        if acc is None:
+            return
+        acc = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in acc.items()}
+        n = acc["n"]
+        activity = metrics.latent_activity_from_moments(n, acc["mean"], acc["mean_sq"])
+        units = metrics.active_units(activity, self.evaluation.active_threshold)
+        values = {f"{prefix}/active_units": float(units)}
+        if "log_px" in acc:
+            values[f"{prefix}/nll"] = float(-acc["log_px"] / n)
+            for k in self.evaluation.iwae_ks:
+                values[f"{prefix}/iwae_k{k}"] = float(acc[f"iwae_k{k}"] / n)
+        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
+        self.test_latent_stats = {
+            "kl_per_dim": (acc["kl"] / n).tolist(),
+            "activity": activity.tolist(),
+        }
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)

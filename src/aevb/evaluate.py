@@ -1,0 +1,143 @@
+"""`aevb-eval RUN [eval.key=value ...]`: evaluate a finished run on its own test set.
+
+RUN is a run directory written by `aevb-train` or a checkpoint inside one. Computes test/nll
+(importance-sampled, Burda et al. 2016, k = eval.iw_samples, default 5000), test/elbo, the
+IWAE bounds test/iwae_k{K}, active units, per-dimension KL and posterior-mean activity, and
+writes them to RUN/eval.json atomically (metrics.json is never touched). Prints one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+
+from aevb.atomic import write_json_atomic
+from aevb.config import ConfigError, EvalConfig
+from aevb.data import DataError
+from aevb.runs import checkpoint_of, load_run
+
+#: aevb-eval's defaults; aevb-train's test/nll uses conf/train.yaml's smaller eval.iw_samples
+DEFAULTS = EvalConfig(iw_samples=5000)
+ACCELERATORS = ("auto", "cpu", "gpu")
+
+
+def resolve(target: str | Path) -> tuple[Path, Path | None]:
+    """(run dir, checkpoint or None for the run's best) of a run dir or a checkpoint file."""
+    path = Path(target).expanduser().resolve()
+    if path.is_file():
+        if path.suffix != ".ckpt":
+            raise FileNotFoundError(f"{target} is neither a run directory nor a .ckpt file")
+        for run_dir in (path.parent, path.parent.parent):
+            if (run_dir / ".hydra" / "config.yaml").is_file():
+                return run_dir, path
+        raise FileNotFoundError(f"{target}: no run directory (.hydra/config.yaml) above it")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{target} does not exist (expected a run directory or a .ckpt)")
+    if not (path / ".hydra" / "config.yaml").is_file():
+        raise FileNotFoundError(f"{target} is not an aevb run directory (no .hydra/config.yaml)")
+    return path, None
+
+
+def parse_overrides(overrides: list[str]) -> tuple[EvalConfig, str]:
+    """`eval.<field>=value` and `accelerator=auto|cpu|gpu` -> (EvalConfig, accelerator)."""
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(bad[0], "an override key=value (e.g. eval.iw_samples=5000)", bad[0])
+    cfg = OmegaConf.from_dotlist(overrides)
+    values: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    accelerator = values.pop("accelerator", "auto")
+    if accelerator not in ACCELERATORS:
+        raise ConfigError("accelerator", f"one of {list(ACCELERATORS)}", accelerator)
+    evals = values.pop("eval", {}) or {}
+    if values or not isinstance(evals, dict):
+        key = next(iter(values), "eval")
+        raise ConfigError(key, "eval.<field> or accelerator", "unknown key")
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(evals) - fields)
+    if unknown:
+        raise ConfigError(f"eval.{unknown[0]}", f"one of {sorted(fields)}", "unknown key")
+    if "iwae_ks" not in evals and isinstance(evals.get("iw_samples"), int):  # keep K <= k
+        evals["iwae_ks"] = [k for k in DEFAULTS.iwae_ks if k <= evals["iw_samples"]]
+    return dataclasses.replace(DEFAULTS, **evals), accelerator
+
+
+def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate the run (or checkpoint) `target`; writes and returns the eval.json record."""
+    settings, accelerator = parse_overrides(list(overrides or []))
+    run_dir, ckpt = resolve(target)
+    run = load_run(run_dir, checkpoint=ckpt)
+    model = run.model
+    model.evaluation = settings.test_evaluation()
+    L.seed_everything(settings.seed, workers=False, verbose=False)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+    )
+    start = time.perf_counter()
+    results = trainer.test(model, datamodule=run.datamodule, verbose=False)
+    seconds = time.perf_counter() - start
+    record: dict[str, Any] = {k: float(v) for r in results for k, v in r.items()}
+    stats = getattr(model, "test_latent_stats", {})
+    record.update(
+        {
+            "gap": -record["test/elbo"] - record["test/nll"] if "test/nll" in record else None,
+            "test/kl_per_dim": stats.get("kl_per_dim"),
+            "test/latent_activity": stats.get("activity"),
+            "checkpoint": str((ckpt or checkpoint_of(run_dir)).relative_to(run_dir)),
+            "eval": dataclasses.asdict(settings),
+            "num_test": len(run.datamodule.test_images),
+            "device": str(model.device),
+            "threads": torch.get_num_threads(),
+            "seconds": round(seconds, 3),
+        }
+    )
+    write_json_atomic(run_dir / "eval.json", record)
+    return record
+
+
+def summary(record: dict[str, Any], run_dir: Path) -> str:
+    """One line: test/nll, test/elbo, the gap -ELBO - NLL, k, images and seconds."""
+    nll = record.get("test/nll")
+    head = f"test/nll={nll:.2f} " if nll is not None else ""
+    gap = f"gap(-elbo-nll)={record['gap']:.2f} " if record.get("gap") is not None else ""
+    return (
+        f"aevb-eval: {head}test/elbo={record['test/elbo']:.2f} {gap}nats "
+        f"active_units={record['test/active_units']:.0f} (k={record['eval']['iw_samples']}, "
+        f"{record['num_test']} test images, {record['seconds']:.1f} s) -> {run_dir / 'eval.json'}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script entry point (`aevb-eval`)."""
+    parser = argparse.ArgumentParser(
+        prog="aevb-eval",
+        description="Importance-weighted test NLL and latent metrics of a finished aevb run.",
+        epilog="overrides: eval.iw_samples=5000 eval.iwae_ks=[1,5,50] eval.iw_chunk=null "
+        "eval.seed=0 accelerator=auto|cpu|gpu",
+    )
+    parser.add_argument("run", help="run directory of aevb-train, or a checkpoint inside one")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        record = evaluate(args.run, args.overrides)
+    except (FileNotFoundError, ConfigError, DataError, ValueError) as err:
+        print(f"aevb-eval: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
+    print(summary(record, resolve(args.run)[0]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""`aevb-eval` end to end: a tiny 2-D-latent run, evaluated into eval.json; bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from aevb import evaluate
+
+from .conftest import run_cli, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_root, tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("eval")
+    run_dir = cwd / "run"
+    proc = run_cli(
+        [
+            *tiny_overrides(data_root),
+            "model.latent_dim=2",
+            "eval.iw_samples=20",
+            "eval.iwae_ks=[1,5]",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_aevb_eval_writes_eval_json_beside_metrics(run_dir) -> None:
+    before = (run_dir / "metrics.json").read_text()
+    train_metrics = json.loads(before)
+    assert {"test/nll", "test/iwae_k1", "test/iwae_k5", "test/active_units"} <= set(train_metrics)
+    proc = run_cli([str(run_dir), "eval.iw_samples=400"], run_dir.parent, script="aevb.evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test/nll=" in proc.stdout and "gap" in proc.stdout and " s)" in proc.stdout
+    record = json.loads((run_dir / "eval.json").read_text())
+    assert (run_dir / "metrics.json").read_text() == before  # never overwritten
+    assert record["eval"]["iw_samples"] == 400 and record["eval"]["iwae_ks"] == [1, 5, 50]
+    assert record["num_test"] == 200 and record["checkpoint"] == "checkpoints/best.ckpt"
+    nll, elbo = record["test/nll"], record["test/elbo"]
+    assert math.isfinite(nll) and record["gap"] == pytest.approx(-elbo - nll)
+    # k=400 is at least as tight as k=20 at training time, and tighter than the ELBO
+    assert nll <= train_metrics["test/nll"] + 0.5 and nll < -record["test/iwae_k1"]
+    assert record["test/iwae_k1"] <= record["test/iwae_k5"] <= record["test/iwae_k50"] <= -nll
+    assert len(record["test/kl_per_dim"]) == 2 and len(record["test/latent_activity"]) == 2
+    assert sum(record["test/kl_per_dim"]) == pytest.approx(record["test/kl"], rel=1e-4)
+
+
+def test_aevb_eval_accepts_a_checkpoint_path(run_dir) -> None:
+    record = evaluate.evaluate(run_dir / "checkpoints" / "last.ckpt", ["eval.iw_samples=3"])
+    assert record["checkpoint"] == "checkpoints/last.ckpt" and record["eval"]["iwae_ks"] == [1]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["/no/such/run"], "does not exist"),
+        (["{run}", "eval.iw_samples=-1"], "eval.iw_samples"),
+        (["{run}", "eval.bogus=1"], "eval.bogus"),
+        (["{run}/metrics.json"], "neither a run directory nor a .ckpt"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(run_dir, args, needle, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main([a.format(run=run_dir) for a in args])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.startswith("aevb-eval: error:") and needle in err
+    assert "\n" not in err

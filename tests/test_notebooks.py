@@ -1,0 +1,34 @@
+"""The notebooks run top to bottom on tiny data (so they cannot rot)."""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from .conftest import REPO
+
+
+@pytest.mark.parametrize("name", ["explore_run.ipynb", "compare_sweep.ipynb"])
+def test_notebook_executes(name, data_root, monkeypatch) -> None:
+    monkeypatch.setenv("AEVB_DATA_ROOT", str(data_root))
+    monkeypatch.setenv("AEVB_IW_SAMPLES", "20")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    for var in ("AEVB_RUN_DIR", "AEVB_SWEEP_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    path = REPO / "notebooks" / name
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        "store without outputs"
+    )
+    NotebookClient(
+        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "image/png" in o.get("data", {})
+    ]
+    assert len(images) >= (4 if name == "explore_run.ipynb" else 1)
