@@ -1,4 +1,7 @@
-"""aevb: Auto-Encoding Variational Bayes (Kingma & Welling, 2013) on Lightning, Hydra, TensorBoard."""
+"""aevb: Auto-Encoding Variational Bayes (Kingma & Welling, 2013).
+
+Built on PyTorch Lightning, Hydra and TensorBoard.
+"""
 
 from aevb.runs import Run, load_run
 from aevb.vae import VAE

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from aevb.data import BINARIZE, SOURCES
-from aevb.likelihoods import LIKELIHOODS
+from aevb.likelihoods import LIKELIHOODS, build_likelihood
 from aevb.metrics import KL_ESTIMATORS
 from aevb.networks import ACTIVATIONS, ARCHITECTURES
 from aevb.vae import OPTIMIZERS, EvaluationSettings
@@ -65,7 +65,12 @@ class DataConfig:
         for key in ("batch_size", "eval_batch_size"):
             v = getattr(self, key)
             _require(_is_int(v) and v > 0, f"data.{key}", "an integer > 0", v)
-        _require(_is_int(self.val_size) and self.val_size >= 0, "data.val_size", "an integer >= 0", self.val_size)
+        _require(
+            _is_int(self.val_size) and self.val_size >= 0,
+            "data.val_size",
+            "an integer >= 0",
+            self.val_size,
+        )
         n = self.num_train
         _require(n is None or (_is_int(n) and n > 0), "data.num_train", "null or an integer > 0", n)
         _require(_is_int(self.seed), "data.seed", "an integer", self.seed)
@@ -81,10 +86,36 @@ class ModelConfig:
     samples: int
     kl: str
     init_std: float | None = None
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    kl_warmup_steps: int = 0
+    kl_cycle_steps: int = 0
+    free_bits: float = 0.0
 
     def __post_init__(self) -> None:
         _choice(self.architecture, "model.architecture", ARCHITECTURES)
-        _require(_is_int(self.latent_dim) and self.latent_dim > 0, "model.latent_dim", "an integer > 0", self.latent_dim)
+        ch = self.channels
+        _require(
+            isinstance(ch, list) and len(ch) > 0 and all(_is_int(c) and c > 0 for c in ch),
+            "model.channels",
+            "a non-empty list of integers > 0",
+            ch,
+        )
+        w, c = self.kl_warmup_steps, self.kl_cycle_steps
+        _require(_is_int(w) and w >= 0, "model.kl_warmup_steps", "an integer >= 0", w)
+        _require(
+            _is_int(c) and (c == 0 or (w > 0 and c >= w)),
+            "model.kl_cycle_steps",
+            "0 or an integer >= model.kl_warmup_steps > 0",
+            c,
+        )
+        fb = self.free_bits
+        _require(_is_real(fb) and fb >= 0, "model.free_bits", "a finite number >= 0 (nats)", fb)
+        _require(
+            _is_int(self.latent_dim) and self.latent_dim > 0,
+            "model.latent_dim",
+            "an integer > 0",
+            self.latent_dim,
+        )
         dims = self.hidden_dims
         _require(
             isinstance(dims, list) and all(_is_int(d) and d > 0 for d in dims),
@@ -93,8 +124,15 @@ class ModelConfig:
             dims,
         )
         _choice(self.activation, "model.activation", ACTIVATIONS)
-        _require(_is_real(self.beta) and self.beta >= 0, "model.beta", "a finite number >= 0", self.beta)
-        _require(_is_int(self.samples) and self.samples > 0, "model.samples", "an integer >= 1", self.samples)
+        _require(
+            _is_real(self.beta) and self.beta >= 0, "model.beta", "a finite number >= 0", self.beta
+        )
+        _require(
+            _is_int(self.samples) and self.samples > 0,
+            "model.samples",
+            "an integer >= 1",
+            self.samples,
+        )
         _choice(self.kl, "model.kl", KL_ESTIMATORS)
         s = self.init_std
         _require(s is None or (_is_real(s) and s > 0), "model.init_std", "null or a number > 0", s)
@@ -124,6 +162,10 @@ class LikelihoodConfig:
 
     def __post_init__(self) -> None:
         _choice(self.name, "likelihood.name", LIKELIHOODS)
+        try:  # constructing it checks its keyword arguments and values
+            build_likelihood(self.name, (1, 4, 4), **self.extra)
+        except ValueError as err:
+            raise ConfigError("likelihood", "valid", str(err)) from err
 
     def kwargs(self) -> dict[str, Any]:
         return {"name": self.name, **self.extra}
@@ -173,7 +215,11 @@ def _build(cls: type, group: str, values: dict[str, Any]) -> Any:
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(f"{group}.{unknown[0]}", f"one of the known keys {names}", "unknown key")
-    missing = [n for n in names if n not in values and cls.__dataclass_fields__[n].default is dataclasses.MISSING]
+    missing = [
+        n
+        for n in names
+        if n not in values and cls.__dataclass_fields__[n].default is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{group}.{missing[0]}", "set", "missing")
     return cls(**values)
@@ -199,9 +245,22 @@ class Settings:
 
         likelihood = _build(LikelihoodConfig, "likelihood", group("likelihood"))
         data = _build(DataConfig, "data", group("data"))
-        if data.binarize == "auto":  # binary likelihoods get dynamic binarization, others grey levels
+        if (
+            data.binarize == "auto"
+        ):  # binary likelihoods get dynamic binarization, others grey levels
             support = LIKELIHOODS[likelihood.name].support
             data = dataclasses.replace(data, binarize="dynamic" if support == "binary" else "none")
+        if (
+            LIKELIHOODS[likelihood.name].support == "binary"
+            and data.binarize == "none"
+            and not likelihood.extra.get("allow_nonbinary", False)
+        ):
+            raise ConfigError(
+                "data.binarize",
+                f"dynamic or static for likelihood={likelihood.name} (binary data), or set "
+                "likelihood.allow_nonbinary=true to fit grey levels with a cross-entropy",
+                data.binarize,
+            )
         return cls(
             data=data,
             model=_build(ModelConfig, "model", group("model")),

@@ -28,7 +28,9 @@ class DataError(RuntimeError):
 Split = tuple[Tensor, Tensor]  # images uint8/float [N, C, H, W], labels long [N]
 
 
-def _torchvision_source(cls: type[torchvision.datasets.MNIST]) -> Callable[..., tuple[Split, Split]]:
+def _torchvision_source(
+    cls: type[torchvision.datasets.MNIST],
+) -> Callable[..., tuple[Split, Split]]:
     def load(root: str, download: bool) -> tuple[Split, Split]:
         folder = Path(root) / cls.__name__ / "raw"
         files = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
@@ -240,7 +242,9 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, images: Tensor, labels: Tensor, train: bool) -> TensorLoader:
         rank, world = self._rank()
-        sampler = EpochShuffle(len(images), shuffle=train, seed=self.seed, rank=rank, world_size=world)
+        sampler = EpochShuffle(
+            len(images), shuffle=train, seed=self.seed, rank=rank, world_size=world
+        )
         return TensorLoader(
             images,
             labels,

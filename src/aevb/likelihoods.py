@@ -12,13 +12,18 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli as _Bernoulli
-from torch.distributions import Distribution, Independent
+from torch.distributions import ContinuousBernoulli as _ContinuousBernoulli
+from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Laplace as _Laplace
+
+#: log-variance range of learned / predicted Gaussian scales: sigma in [e^-4.5, e^2] ~ [0.011, 7.4]
+LOGVAR_MIN, LOGVAR_MAX = -9.0, 4.0
 
 
 class Likelihood(nn.Module):
     """Base class: `params_per_pixel` decoder outputs per pixel -> p(x|z) with event = image."""
 
-    params_per_pixel: ClassVar[int] = 1
+    params_per_pixel: int = 1
     #: which data the density is valid for: "binary" ({0,1}), "unit" ([0,1]) or "real".
     support: ClassVar[str] = "real"
 
@@ -46,9 +51,17 @@ class Likelihood(nn.Module):
 
 
 class Bernoulli(Likelihood):
-    """Bernoulli pixels from logits: log p(x|z) = -BCE-with-logits, summed over pixels."""
+    """Bernoulli pixels from logits: log p(x|z) = -BCE-with-logits, summed over pixels.
+
+    `allow_nonbinary=True` accepts grey levels (the common "BCE on grey images" objective): the
+    value is then a cross-entropy, not a log-density, and not comparable as an NLL.
+    """
 
     support = "binary"
+
+    def __init__(self, data_shape: tuple[int, ...] = (1, 28, 28), allow_nonbinary: bool = False):
+        super().__init__(data_shape)
+        self.allow_nonbinary = allow_nonbinary
 
     def forward(self, params: Tensor) -> Distribution:
         logits = params.squeeze(-4)
@@ -57,12 +70,145 @@ class Bernoulli(Likelihood):
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params.squeeze(-4))
 
+    def check_data(self, x: Tensor) -> None:
+        if not self.allow_nonbinary:
+            super().check_data(x)
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {"bernoulli": Bernoulli}
+
+class ContinuousBernoulli(Likelihood):
+    """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): a normalised density on [0, 1].
+
+    log p(x|lambda) = x log lambda + (1-x) log(1-lambda) + log C(lambda), i.e. the BCE plus the
+    log-normaliser C(lambda) = 2 artanh(1-2 lambda) / (1-2 lambda) that BCE on grey levels omits.
+    """
+
+    support = "unit"
+
+    def forward(self, params: Tensor) -> Distribution:
+        return Independent(_ContinuousBernoulli(logits=params.squeeze(-4), validate_args=False), 3)
+
+    def mean(self, params: Tensor) -> Tensor:
+        return self(params).mean.clamp(0, 1)
+
+
+class _LocationScale(Likelihood):
+    """Normal or Laplace pixels with mean sigmoid(decoder output) (data live in [0, 1]).
+
+    scale_mode: "fixed" (the constant `scale`), "global" (one learned scalar), "pixel" (one
+    learned scale per pixel) or "decoder" (predicted per pixel: the decoder emits 2 values per
+    pixel, the mean's pre-activation and the log-variance, which is linear as in the paper's
+    Frey Face decoder). Learned log-variances are clamped to [LOGVAR_MIN, LOGVAR_MAX].
+    """
+
+    family: ClassVar[type[Distribution]]
+    SCALE_MODES: ClassVar[tuple[str, ...]] = ("fixed", "global", "pixel", "decoder")
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...] = (1, 28, 28),
+        scale: float = 1.0,
+        scale_mode: str = "fixed",
+    ) -> None:
+        super().__init__(data_shape)
+        if scale_mode not in self.SCALE_MODES:
+            raise ValueError(
+                f"likelihood scale mode must be one of {self.SCALE_MODES}, got {scale_mode!r}"
+            )
+        if not scale > 0:
+            raise ValueError(f"likelihood scale must be > 0, got {scale!r}")
+        self.scale_mode = scale_mode
+        self.params_per_pixel = 2 if scale_mode == "decoder" else 1
+        init = torch.tensor(float(scale)).log()
+        if scale_mode == "global":
+            self.log_scale = nn.Parameter(init.clone())
+        elif scale_mode == "pixel":
+            self.log_scale = nn.Parameter(init.expand(self.data_shape).clone())
+        else:
+            self.register_buffer("log_scale", init.clone(), persistent=False)
+
+    def _scale(self, params: Tensor) -> Tensor:
+        if self.scale_mode == "decoder":
+            logvar = params[..., 1, :, :, :].clamp(LOGVAR_MIN, LOGVAR_MAX)
+            return torch.exp(0.5 * logvar)
+        if self.scale_mode == "fixed":
+            return self.log_scale.exp()
+        return torch.exp(self.log_scale.clamp(0.5 * LOGVAR_MIN, 0.5 * LOGVAR_MAX))
+
+    def forward(self, params: Tensor) -> Distribution:
+        loc = torch.sigmoid(params[..., 0, :, :, :])
+        scale = self._scale(params).expand_as(loc)
+        return Independent(self.family(loc, scale, validate_args=False), 3)
+
+    def mean(self, params: Tensor) -> Tensor:
+        return torch.sigmoid(params[..., 0, :, :, :])
+
+
+class Gaussian(_LocationScale):
+    """N(x; mu(z), sigma^2) per pixel with a fixed sigma (`likelihood.sigma`, default 1).
+
+    -log p = ||x - mu||^2 / (2 sigma^2) + (pixels/2) log(2 pi sigma^2): the "MSE" loss scaled
+    by 1/(2 sigma^2), with its normalising constant so ELBOs are in nats.
+    """
+
+    family = Normal
+
+    def __init__(self, data_shape: tuple[int, ...] = (1, 28, 28), sigma: float = 1.0) -> None:
+        super().__init__(data_shape, scale=sigma, scale_mode="fixed")
+
+
+class GaussianLearned(_LocationScale):
+    """Gaussian with learned sigma: `sigma_mode` global | pixel | decoder (the paper's Frey Face).
+
+    `init_sigma` starts the learned scale (global/pixel modes).
+    """
+
+    family = Normal
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...] = (1, 28, 28),
+        sigma_mode: str = "global",
+        init_sigma: float = 1.0,
+    ) -> None:
+        if sigma_mode not in ("global", "pixel", "decoder"):
+            raise ValueError(
+                "likelihood.sigma_mode must be one of ('global', 'pixel', 'decoder'), "
+                f"got {sigma_mode!r}"
+            )
+        super().__init__(data_shape, scale=init_sigma, scale_mode=sigma_mode)
+
+
+class Laplace(_LocationScale):
+    """Laplace(x; mu(z), b) per pixel: -log p = |x - mu| / b + pixels * log(2b) (the "L1" loss).
+
+    `scale_mode` fixed (b = `scale`) | global | pixel | decoder (decoder output is log b^2).
+    """
+
+    family = _Laplace
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...] = (1, 28, 28),
+        scale: float = 0.1,
+        scale_mode: str = "fixed",
+    ) -> None:
+        super().__init__(data_shape, scale=scale, scale_mode=scale_mode)
+
+
+LIKELIHOODS: dict[str, type[Likelihood]] = {
+    "bernoulli": Bernoulli,
+    "continuous_bernoulli": ContinuousBernoulli,
+    "gaussian": Gaussian,
+    "gaussian_learned": GaussianLearned,
+    "laplace": Laplace,
+}
 
 
 def build_likelihood(name: str, data_shape: tuple[int, ...], **kwargs: object) -> Likelihood:
     """The likelihood registered as `name`, constructed for images of `data_shape`."""
     if name not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)}, got {name!r}")
-    return LIKELIHOODS[name](data_shape=data_shape, **kwargs)
+    try:
+        return LIKELIHOODS[name](data_shape=data_shape, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"likelihood={name}: {err}") from err

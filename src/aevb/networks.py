@@ -17,7 +17,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "softplus": nn.Softplus,
     "leaky_relu": nn.LeakyReLU,
 }
-ARCHITECTURES = ("mlp",)
+ARCHITECTURES = ("mlp", "conv")
 
 
 def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -34,7 +34,11 @@ class MLPEncoder(nn.Module):
     """x [B, C, H, W] -> (mean [B, D], log-variance [B, D]) of a diagonal Gaussian q(z|x)."""
 
     def __init__(
-        self, data_shape: Sequence[int], hidden_dims: Sequence[int], latent_dim: int, activation: str
+        self,
+        data_shape: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        activation: str,
     ) -> None:
         super().__init__()
         n_in = math.prod(data_shape)
@@ -68,6 +72,76 @@ class MLPDecoder(nn.Module):
         return self.net(z).view(-1, *self.out_shape)
 
 
+class ConvEncoder(nn.Module):
+    """x [B, C, H, W] -> (mean, logvar): stride-2 4x4 convolutions (H, W / 2 each), then an MLP.
+
+    H and W must be divisible by 2**len(channels) (28x28 MNIST and 28x20 Frey Face with 2 layers).
+    """
+
+    def __init__(
+        self,
+        data_shape: Sequence[int],
+        channels: Sequence[int],
+        hidden_dims: Sequence[int],
+        latent_dim: int,
+        activation: str,
+    ) -> None:
+        super().__init__()
+        c, h, w = data_shape
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([c, *channels[:-1]], channels, strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), ACTIVATIONS[activation]()]
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        flat = channels[-1] * conv_grid(h, w, len(channels))
+        self.mlp = MLPEncoder((flat,), hidden_dims, latent_dim, activation)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mlp(self.conv(x))
+
+
+class ConvDecoder(nn.Module):
+    """z [N, D] -> parameters [N, P, C, H, W]: an MLP, then stride-2 transposed convolutions."""
+
+    def __init__(
+        self,
+        latent_dim: int,
+        hidden_dims: Sequence[int],
+        channels: Sequence[int],
+        data_shape: Sequence[int],
+        params_per_pixel: int,
+        activation: str,
+    ) -> None:
+        super().__init__()
+        c, h, w = data_shape
+        n = len(channels)
+        self.grid = (channels[0], h // 2**n, w // 2**n)
+        self.mlp = _mlp([latent_dim, *hidden_dims, math.prod(self.grid)], activation)
+        self.act = ACTIVATIONS[activation]()
+        layers: list[nn.Module] = []
+        outs = [*channels[1:], params_per_pixel * c]
+        for i, (c_in, c_out) in enumerate(zip(channels, outs, strict=True)):
+            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
+            if i < n - 1:
+                layers.append(ACTIVATIONS[activation]())
+        self.deconv = nn.Sequential(*layers)
+        self.out_shape = (params_per_pixel, *data_shape)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.act(self.mlp(z)).view(-1, *self.grid)
+        return self.deconv(h).view(-1, *self.out_shape)
+
+
+def conv_grid(h: int, w: int, layers: int) -> int:
+    """Cells of the feature map after `layers` stride-2 convolutions; checks divisibility."""
+    f = 2**layers
+    if h % f or w % f:
+        raise ValueError(
+            f"model=conv with {layers} conv layers needs image height and width divisible by {f}, "
+            f"got {h}x{w}"
+        )
+    return (h // f) * (w // f)
+
+
 def build_networks(
     architecture: str,
     data_shape: Sequence[int],
@@ -75,12 +149,18 @@ def build_networks(
     hidden_dims: Sequence[int],
     activation: str,
     params_per_pixel: int,
+    channels: Sequence[int] = (32, 64),
 ) -> tuple[nn.Module, nn.Module]:
     """The (encoder, decoder) pair for `architecture`; the decoder mirrors the encoder's widths."""
+    widths = list(reversed(hidden_dims))
     if architecture == "mlp":
         encoder = MLPEncoder(data_shape, hidden_dims, latent_dim, activation)
-        decoder = MLPDecoder(
-            latent_dim, list(reversed(hidden_dims)), data_shape, params_per_pixel, activation
+        decoder = MLPDecoder(latent_dim, widths, data_shape, params_per_pixel, activation)
+        return encoder, decoder
+    if architecture == "conv":
+        encoder = ConvEncoder(data_shape, channels, hidden_dims, latent_dim, activation)
+        decoder = ConvDecoder(
+            latent_dim, widths, list(reversed(channels)), data_shape, params_per_pixel, activation
         )
         return encoder, decoder
     raise ValueError(f"model.architecture must be one of {ARCHITECTURES}, got {architecture!r}")

@@ -127,7 +127,8 @@ def _summary(metrics: dict[str, Any], run_dir: Path) -> str:
     keys = [k for k in metrics if k.startswith("test/")]
     parts = [f"{k}={metrics[k]:.3f}" for k in sorted(keys)]
     return (
-        f"final test metrics ({metrics['best_checkpoint']}): " + "  ".join(parts)
+        f"final test metrics ({metrics['best_checkpoint']}): "
+        + "  ".join(parts)
         + f"\nsamples_seen={metrics['samples_seen']}  wall_time_s={metrics['wall_time_s']:.1f}"
         + f"\nrun dir: {run_dir}"
     )

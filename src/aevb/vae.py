@@ -59,6 +59,12 @@ class VAE(L.LightningModule):
         samples: L, Monte Carlo samples of z per datapoint.
         kl: "analytic" (estimator B) or "mc" (estimator A).
         init_std: if set, draw all parameters from N(0, init_std^2) (the paper uses 0.01).
+        channels: conv feature maps per stride-2 layer (architecture "conv").
+        kl_warmup_steps: ramp the KL weight linearly from 0 to beta over this many steps (0: off).
+        kl_cycle_steps: if > 0, restart the ramp every this many steps (cyclical annealing,
+            Fu et al. 2019); needs kl_warmup_steps <= kl_cycle_steps.
+        free_bits: per-dimension KL floor lambda in nats (Kingma et al. 2016): the loss uses
+            sum_d max(lambda, batch-mean KL_d); 0 turns it off. */elbo is unaffected.
         optim: `{"name": adam|adagrad|sgd, "lr": ..., "weight_decay": ..., **kwargs}`.
     """
 
@@ -74,6 +80,10 @@ class VAE(L.LightningModule):
         samples: int = 1,
         kl: str = "analytic",
         init_std: float | None = None,
+        channels: Sequence[int] = (32, 64),
+        kl_warmup_steps: int = 0,
+        kl_cycle_steps: int = 0,
+        free_bits: float = 0.0,
         optim: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -88,6 +98,7 @@ class VAE(L.LightningModule):
             list(hidden_dims),
             activation,
             self.likelihood.params_per_pixel,
+            list(channels),
         )
         if init_std is not None:
             init_normal_(self, init_std)
@@ -157,15 +168,37 @@ class VAE(L.LightningModule):
         )
 
     # ----- Lightning ----------------------------------------------------------------------
-    def loss(self, terms: metrics.ELBOTerms) -> Tensor:
-        """The minimised objective: -(recon - beta * KL), averaged over the batch."""
-        return -(terms.recon - self.hparams.beta * terms.kl).mean()
+    def beta_at(self, step: int) -> float:
+        """The KL weight at optimisation step `step`: beta, ramped up by the warm-up schedule."""
+        hp = self.hparams
+        warmup, cycle = hp.kl_warmup_steps, hp.kl_cycle_steps
+        if warmup <= 0:
+            return float(hp.beta)
+        t = step % cycle if cycle > 0 else step
+        return float(hp.beta) * min(1.0, t / warmup)
+
+    def loss(self, terms: metrics.ELBOTerms, beta: float | None = None) -> Tensor:
+        """The minimised objective -(recon - beta * KL), averaged over the batch (nats).
+
+        With free bits lambda > 0 the KL term is sum_d max(lambda, mean_batch KL_d).
+        """
+        beta = self.hparams.beta if beta is None else beta
+        if self.hparams.free_bits > 0:
+            kl = terms.kl_per_dim.mean(0).clamp(min=self.hparams.free_bits).sum()
+        else:
+            kl = terms.kl.mean()
+        return beta * kl - terms.recon.mean()
 
     def _step(self, batch: tuple[Tensor, Tensor], prefix: str) -> Tensor:
         x = batch[0]
         terms = self.elbo_terms(x)
-        loss = self.loss(terms)
+        beta = self.beta_at(self.global_step) if prefix == "train" else None
+        loss = self.loss(terms, beta)
         self._accumulate(prefix, terms, loss)
+        if prefix == "val":
+            kl_dims = terms.kl_per_dim.detach().sum(0)
+            seen = getattr(self, "_val_kl_dims", None)
+            self._val_kl_dims = kl_dims if seen is None else seen + kl_dims
         return loss
 
     def _accumulate(self, prefix: str, terms: metrics.ELBOTerms, loss: Tensor) -> None:
@@ -195,7 +228,36 @@ class VAE(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         self.samples_seen += batch[0].shape[0] * self.trainer.world_size
+        if self.hparams.kl_warmup_steps > 0 and batch_idx % self.trainer.log_every_n_steps == 0:
+            self._log_direct({"train/beta": self.beta_at(self.global_step)})
         return self._step(batch, "train")
+
+    def _log_direct(self, values: dict[str, float]) -> None:
+        """Write scalars straight to the loggers at the current step (rank 0; no Lightning
+        result-collection bookkeeping, so cheap enough for step-level curves)."""
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(values, step=self.global_step)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_kl_dims: Tensor | None = None
+
+    def _log_val_kl_per_dim(self) -> None:
+        """Per-dimension KL over the validation set: a histogram and `val/kl_active_dims`."""
+        kl_dims = getattr(self, "_val_kl_dims", None)
+        sums = self._epoch_sums.get("val")
+        if kl_dims is None or sums is None:
+            return
+        kl_dims = self.trainer.strategy.reduce(kl_dims, reduce_op="sum")
+        count = self.trainer.strategy.reduce(sums[-1].clone(), reduce_op="sum")
+        kl_dims = kl_dims / count
+        self.log("val/kl_active_dims", (kl_dims > 0.01).sum().float(), sync_dist=False)
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            for logger in self.loggers:
+                writer = getattr(logger, "experiment", None)
+                if hasattr(writer, "add_histogram"):
+                    writer.add_histogram("val/kl_per_dim", kl_dims.cpu(), self.global_step)
+        self.val_kl_per_dim = kl_dims.cpu()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -208,6 +270,7 @@ class VAE(L.LightningModule):
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
+        self._log_val_kl_per_dim()
         self._log_epoch("val")
 
     def on_test_epoch_end(self) -> None:
