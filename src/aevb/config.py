@@ -288,6 +288,7 @@ class Settings:
             "batch_size": self.data.batch_size,
             "num_train": self.data.num_train,
             "likelihood": self.likelihood.name,
+            **{f"likelihood.{k}": v for k, v in self.likelihood.extra.items()},
             "optim": self.optim.name,
             "lr": self.optim.lr,
             "weight_decay": self.optim.weight_decay,
