@@ -1,0 +1,288 @@
+"""`aevb-summarize <multirun dir>`: one row per job of a Hydra sweep -> summary.csv, summary.md.
+
+A job is any directory below the sweep dir with a `.hydra/overrides.yaml` (Hydra writes it
+before the job starts, so crashed jobs are found too). Each row holds the job's swept
+overrides, its final test metrics from `metrics.json`, samples seen, wall time and a status:
+`completed`, or `failed` with the error line (from metrics.json, else the last ERROR line of
+the job's log file, which `SweepSummary.on_job_end` writes for every failed job).
+
+`SweepSummary` is a Hydra callback (conf/train.yaml: hydra.callbacks.summary) that writes the
+summary at the end of every multirun -- also when a failed job makes Hydra end the sweep with
+an error, via an exit hook registered when the multirun starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import csv
+import io
+import json
+import logging
+import math
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from aevb.atomic import write_bytes_atomic
+
+log = logging.getLogger("aevb.summarize")
+
+#: metrics.json keys reported per job, in column order
+METRIC_COLUMNS = (
+    "test/elbo",
+    "test/nll",
+    "test/active_units",
+    "best_val/elbo",
+    "samples_seen",
+    "wall_time_s",
+)
+#: a Hydra job-log line at level ERROR: "[time][logger][ERROR] - message"
+_ERROR_LINE = re.compile(r"\]\[ERROR\] - (.*)$")
+#: the last line of a Python traceback: "SomeError: message"
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Diverged|Interrupt)\b.*)$")
+_JOB_FAILED = "job failed: "
+_NO_RESULT = "no metrics.json: the job crashed, was killed, or is still running"
+
+
+class SummaryError(RuntimeError):
+    """The directory is not a sweep dir; str() is one line."""
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def find_jobs(sweep_dir: Path) -> list[Path]:
+    """Job directories below `sweep_dir` in job order (hydra.job.num, then path)."""
+    jobs = [
+        marker.parent.parent
+        for marker in sweep_dir.rglob(".hydra/overrides.yaml")
+        if marker.parent.parent != sweep_dir
+    ]
+
+    def order(job: Path) -> tuple[int, list[Any]]:
+        num = -1
+        hydra_yaml = job / ".hydra" / "hydra.yaml"
+        if hydra_yaml.is_file():
+            try:
+                value = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num")
+                num = int(value) if value is not None else -1
+            except Exception:  # noqa: BLE001 -- ordering only; fall back to the path
+                num = -1
+        rel = str(job.relative_to(sweep_dir))
+        natural = [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", rel)]
+        return num, natural
+
+    return sorted(jobs, key=order)
+
+
+def _override_pairs(job: Path) -> list[tuple[str, str]]:
+    overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
+    pairs = []
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        pairs.append((key, value) if sep else (str(item), ""))
+    return pairs
+
+
+def error_line(job: Path, metrics: dict[str, Any] | None = None) -> str:
+    """Why a job failed, in one line: metrics.json's error, else its log files, else a guess."""
+    if metrics and metrics.get("error"):
+        return _one_line(f"{metrics.get('status', 'failed')}: {metrics['error']}")
+    found: str | None = None
+    for log_file in sorted(job.glob("*.log")):
+        try:
+            lines = log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if m := _ERROR_LINE.search(line):
+                found = m.group(1)
+        if found is None:
+            found = next((ln for ln in reversed(lines) if _EXCEPTION_LINE.match(ln)), None)
+    if found:
+        return _one_line(found.removeprefix(_JOB_FAILED))
+    if metrics is not None:
+        return f"status {metrics.get('status')!r} in metrics.json"
+    return _NO_RESULT
+
+
+def read_job(job: Path) -> dict[str, Any]:
+    """One summary row: overrides, metrics, status and (for failed jobs) the error line."""
+    metrics: dict[str, Any] | None = None
+    path = job / "metrics.json"
+    if path.is_file():
+        try:
+            metrics = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            metrics = {"status": "unreadable", "error": f"metrics.json unreadable ({err})"}
+    row: dict[str, Any] = {"overrides": _override_pairs(job)}
+    for key in METRIC_COLUMNS:
+        value = (metrics or {}).get(key)
+        row[key] = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if metrics is not None and metrics.get("status") == "completed":
+        row["status"], row["error"] = "completed", ""
+    else:
+        row["status"], row["error"] = "failed", error_line(job, metrics)
+    return row
+
+
+def summarize(sweep_dir: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """(swept keys, rows) of every job below `sweep_dir`; each row is a flat dict of columns."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise SummaryError(f"{sweep_dir} is not a directory (pass a Hydra multirun dir)")
+    jobs = find_jobs(sweep_dir)
+    if not jobs:
+        raise SummaryError(
+            f"no jobs in {sweep_dir}: expected subdirectories with .hydra/overrides.yaml "
+            "(pass the multirun dir, e.g. outputs/multirun/<date>/<time>)"
+        )
+    raw = [read_job(job) for job in jobs]
+    values_by_key: dict[str, set[str]] = {}
+    for r in raw:
+        for key, value in r["overrides"]:
+            values_by_key.setdefault(key, set()).add(value)
+    # swept = varies between jobs (or is missing from some); keeps first-seen order
+    seen = list(dict.fromkeys(k for r in raw for k, _ in r["overrides"]))
+    swept = [
+        k
+        for k in seen
+        if len(values_by_key[k]) > 1 or any(k not in dict(r["overrides"]) for r in raw)
+    ]
+    rows = []
+    for job, r in zip(jobs, raw, strict=True):
+        given = dict(r["overrides"])
+        row: dict[str, Any] = {"job": str(job.relative_to(sweep_dir))}
+        row.update({k: given.get(k, "") for k in swept})
+        row.update({k: r[k] for k in METRIC_COLUMNS})
+        row["status"], row["error"] = r["status"], r["error"]
+        row["overrides"] = " ".join(f"{k}={v}" if v else k for k, v in r["overrides"])
+        rows.append(row)
+    return swept, rows
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if key in ("samples_seen", "test/active_units"):
+        return f"{int(value)}"
+    if key == "wall_time_s":
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value).replace("|", "\\|")
+
+
+def to_markdown(sweep_dir: Path, swept: list[str], rows: list[dict[str, Any]]) -> str:
+    """A markdown table (nats per datapoint), without the constant overrides."""
+    columns = ["job", *swept, *METRIC_COLUMNS, "status", "error"]
+    done = sum(r["status"] == "completed" for r in rows)
+    lines = [
+        f"# Sweep summary: {sweep_dir}",
+        "",
+        f"{len(rows)} jobs, {done} completed, {len(rows) - done} failed. ELBO and NLL in nats "
+        "per datapoint (test set, best checkpoint); wall_time_s = fit + test.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(c, row.get(c)) for c in columns) + " |")
+    common = rows[0]["overrides"].split() if rows else []
+    common = [o for o in common if o.partition("=")[0] not in swept]
+    if common:
+        lines += ["", "Overrides common to all jobs: `" + " ".join(common) + "`"]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(sweep_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Write summary.csv and summary.md (atomically) into `out_dir` (default: the sweep dir)."""
+    sweep_dir = Path(sweep_dir)
+    swept, rows = summarize(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else sweep_dir
+    csv_path = write_bytes_atomic(out / "summary.csv", to_csv(rows).encode())
+    md_path = write_bytes_atomic(out / "summary.md", to_markdown(sweep_dir, swept, rows).encode())
+    return csv_path, md_path
+
+
+class SweepSummary(Callback):
+    """Hydra callback: the sweep summary at the end of every multirun, failed jobs included.
+
+    Hydra ends a multirun with an error (and skips on_multirun_end) when a job failed, after
+    all jobs of the batch have run; an exit hook registered in on_multirun_start writes the
+    summary then. on_job_end logs a failed job's exception as one ERROR line in its log file.
+    """
+
+    def __init__(self) -> None:
+        self._sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._sweep_dir = Path(config.hydra.sweep.dir)
+        atexit.register(self._write)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._write()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.FAILED:
+            try:
+                job_return.return_value  # noqa: B018 -- re-raises the job's exception
+            except Exception as err:  # noqa: BLE001 -- any failure is reported
+                log.error("%s%s: %s", _JOB_FAILED, type(err).__name__, _one_line(str(err)))
+
+    def _write(self) -> None:
+        sweep_dir, self._sweep_dir = self._sweep_dir, None  # once per multirun
+        if sweep_dir is None:
+            return
+        try:
+            _, md_path = write_summary(sweep_dir)
+        except (SummaryError, OSError) as err:
+            log.warning("no sweep summary: %s", err)
+            return
+        print(f"sweep summary: {md_path} (and summary.csv)", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script `aevb-summarize`."""
+    parser = argparse.ArgumentParser(
+        prog="aevb-summarize",
+        description="Summarize a Hydra multirun of aevb-train: summary.csv and summary.md, one "
+        "row per job (overrides, test/elbo, test/nll, active units, samples seen, wall time, "
+        "status).",
+    )
+    parser.add_argument("sweep_dir", help="the multirun dir, e.g. outputs/multirun/<date>/<time>")
+    parser.add_argument("--out", default=None, help="where to write (default: the sweep dir)")
+    parser.add_argument("--quiet", action="store_true", help="do not print the table")
+    args = parser.parse_args(argv)
+    try:
+        csv_path, md_path = write_summary(args.sweep_dir, args.out)
+    except (SummaryError, OSError) as err:
+        print(f"aevb-summarize: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if not args.quiet:
+        print(md_path.read_text(), end="")
+    print(f"wrote {csv_path} and {md_path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

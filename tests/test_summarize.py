@@ -1,0 +1,162 @@
+"""aevb-summarize on hand-built sweep dirs: rows, swept columns, failures, files, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from aevb.summarize import error_line, find_jobs, main, summarize, write_summary
+
+from .conftest import run_cli
+
+
+def _job(
+    sweep: Path,
+    name: str,
+    num: int,
+    overrides: list[str],
+    metrics: dict | None = None,
+    log: str | None = None,
+) -> Path:
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (job / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if log is not None:
+        (job / "train.log").write_text(log)
+    return job
+
+
+def _completed(elbo: float, wall: float) -> dict:
+    return {
+        "status": "completed",
+        "test/elbo": elbo,
+        "test/nll": -elbo - 3.0,
+        "test/active_units": 7.0,
+        "best_val/elbo": elbo + 1,
+        "samples_seen": 1000,
+        "wall_time_s": wall,
+    }
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """4 jobs in Hydra's layout, numbered so that path order and job order differ."""
+    s = tmp_path / "multirun"
+    common = ["data.root=/d", "trainer.max_epochs=1"]
+    _job(s, "0", 0, [*common, "model.latent_dim=2", "model.beta=1"], _completed(-100.5, 3.25))
+    _job(s, "10", 10, [*common, "model.latent_dim=5", "model.beta=4"], _completed(-90.0, 4.0))
+    _job(
+        s,
+        "2",
+        2,
+        [*common, "model.latent_dim=0", "model.beta=1"],
+        log=(
+            "[2026-11-24 18:00:00,000][aevb.train][INFO] - starting\n"
+            "[2026-11-24 18:00:01,000][aevb.summarize][ERROR] - job failed: ConfigError: "
+            "model.latent_dim must be an integer > 0, got 0\n"
+        ),
+    )
+    _job(
+        s,
+        "3",
+        3,
+        [*common, "model.latent_dim=5", "model.beta=1"],
+        {"status": "diverged", "error": "training diverged at step 7", "samples_seen": 64},
+    )
+    (s / "multirun.yaml").write_text("hydra: {}\n")
+    return s
+
+
+def test_rows_follow_job_order_with_swept_columns_and_statuses(sweep: Path) -> None:
+    swept, rows = summarize(sweep)
+    assert swept == ["model.latent_dim", "model.beta"]  # the constant overrides are not columns
+    assert [r["job"] for r in rows] == ["0", "2", "3", "10"]
+    assert [(r["model.latent_dim"], r["model.beta"]) for r in rows] == [
+        ("2", "1"),
+        ("0", "1"),
+        ("5", "1"),
+        ("5", "4"),
+    ]
+    ok = rows[0]
+    assert ok["status"] == "completed" and ok["error"] == ""
+    assert ok["test/elbo"] == -100.5 and ok["test/nll"] == 97.5 and ok["samples_seen"] == 1000
+    assert ok["test/active_units"] == 7.0 and ok["wall_time_s"] == 3.25
+    assert ok["overrides"] == "data.root=/d trainer.max_epochs=1 model.latent_dim=2 model.beta=1"
+    failed = rows[1]
+    assert failed["status"] == "failed" and failed["test/elbo"] is None
+    assert failed["error"] == "ConfigError: model.latent_dim must be an integer > 0, got 0"
+    diverged = rows[2]
+    assert diverged["status"] == "failed" and diverged["samples_seen"] == 64
+    assert diverged["error"] == "diverged: training diverged at step 7"
+
+
+def test_files_are_written_and_hold_every_row(sweep: Path, tmp_path: Path) -> None:
+    csv_path, md_path = write_summary(sweep)
+    assert csv_path == sweep / "summary.csv" and md_path == sweep / "summary.md"
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows] == ["0", "2", "3", "10"]
+    assert float(rows[3]["test/elbo"]) == -90.0 and rows[1]["test/elbo"] == ""
+    assert [r["status"] for r in rows] == ["completed", "failed", "failed", "completed"]
+    md = md_path.read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert table[0].startswith("| job | model.latent_dim | model.beta | test/elbo | test/nll")
+    assert len(table) == 1 + 4  # header + one row per job
+    assert "| 10 | 5 | 4 | -90.00 | 87.00 | 7 | -89.00 | 1000 | 4.0 | completed |" in md
+    assert "4 jobs, 2 completed, 2 failed" in md
+    assert "`data.root=/d trainer.max_epochs=1`" in md  # common overrides listed once
+    assert not list(sweep.glob(".summary*"))  # no temporary files left by the atomic writes
+    out = tmp_path / "elsewhere"
+    write_summary(sweep, out)
+    assert (out / "summary.csv").read_text() == csv_path.read_text()
+
+
+def test_job_without_metrics_or_log_is_failed_with_a_reason(tmp_path: Path) -> None:
+    s = tmp_path / "sweep"
+    crashed = _job(s, "0", 0, ["model.beta=1"])
+    _job(s, "1", 1, ["model.beta=2"], _completed(-95.0, 1.0))
+    traceback = _job(
+        s, "2", 2, ["model.beta=3"], log="Traceback (most recent call last):\nKeyError: 'x'\n"
+    )
+    _, rows = summarize(s)
+    assert [r["status"] for r in rows] == ["failed", "completed", "failed"]
+    assert "no metrics.json" in rows[0]["error"] and rows[0]["error"] == error_line(crashed)
+    assert error_line(traceback) == "KeyError: 'x'"
+
+
+def test_nested_job_dirs_are_found(tmp_path: Path) -> None:
+    s = tmp_path / "sweep"
+    _job(s, "a/b", 1, ["model.beta=2"], _completed(-1.0, 1.0))
+    _job(s, "a/c", 0, ["model.beta=1"], _completed(-2.0, 1.0))
+    (s / ".hydra").mkdir()  # the sweep dir's own files are not a job
+    (s / ".hydra" / "overrides.yaml").write_text("[]\n")
+    assert [p.relative_to(s).as_posix() for p in find_jobs(s)] == ["a/c", "a/b"]
+
+
+def test_cli_prints_the_table_and_refuses_non_sweeps(sweep: Path, tmp_path: Path) -> None:
+    proc = run_cli([str(sweep)], tmp_path, script="aevb.summarize")
+    assert proc.returncode == 0, proc.stderr
+    assert "| 3 | 5 | 1 |" in proc.stdout and "wrote" in proc.stderr
+    assert (sweep / "summary.csv").is_file()
+    proc = run_cli([str(tmp_path / "missing")], tmp_path, script="aevb.summarize")
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("aevb-summarize: error:"), proc.stderr
+
+
+def test_main_in_process(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main([str(sweep), "--quiet"])
+    captured = capsys.readouterr()
+    assert captured.out == "" and "summary.md" in captured.err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(empty)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("aevb-summarize: error: no jobs in")
