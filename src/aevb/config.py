@@ -20,6 +20,9 @@ from aevb.metrics import KL_ESTIMATORS
 from aevb.networks import ACTIVATIONS, ARCHITECTURES
 from aevb.vae import OPTIMIZERS, EvaluationSettings
 
+#: model.algorithm: how the model is trained (the classes live in aevb.vae / aevb.wake_sleep)
+ALGORITHMS = ("aevb", "wake_sleep")
+
 
 class ConfigError(ValueError):
     """A config value outside what is allowed; str() is one line naming the key."""
@@ -44,6 +47,14 @@ def _require(ok: bool, key: str, allowed: str, got: Any) -> None:
 
 def _choice(value: Any, key: str, options: Any) -> None:
     _require(value in options, key, f"one of {sorted(options)}", value)
+
+
+def budget_steps(budget_samples: Any, batch_size: int) -> int:
+    """Optimisation steps for a budget of training samples (the paper's x-axis): ceil(B / M)."""
+    b = budget_samples
+    ok = _is_real(b) and b >= 1 and float(b).is_integer()
+    _require(ok, "budget_samples", "null or a whole number of training samples >= 1", b)
+    return math.ceil(int(b) / batch_size)
 
 
 @dataclass(frozen=True)
@@ -90,9 +101,15 @@ class ModelConfig:
     kl_warmup_steps: int = 0
     kl_cycle_steps: int = 0
     free_bits: float = 0.0
+    algorithm: str = "aevb"  #: aevb (aevb.vae.VAE) | wake_sleep (aevb.wake_sleep.WakeSleep)
 
     def __post_init__(self) -> None:
         _choice(self.architecture, "model.architecture", ARCHITECTURES)
+        _choice(self.algorithm, "model.algorithm", ALGORITHMS)
+        if self.algorithm == "wake_sleep":  # its loss has no KL weight to shape
+            for key, off in (("beta", 1.0), ("kl_warmup_steps", 0), ("free_bits", 0.0)):
+                v = getattr(self, key)
+                _require(v == off, f"model.{key}", f"{off} with model.algorithm=wake_sleep", v)
         ch = self.channels
         _require(
             isinstance(ch, list) and len(ch) > 0 and all(_is_int(c) and c > 0 for c in ch),
@@ -140,9 +157,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """prior_std: a N(0, prior_std^2 I) prior on every parameter (the paper's approximate MAP,
+    "small weight decay"): adds weight_decay = 1 / (N_train * prior_std^2) to the per-datapoint
+    loss's gradient, the gradient of -log p(theta) / N. null = off."""
+
     name: str
     lr: float
     weight_decay: float
+    prior_std: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -150,9 +172,17 @@ class OptimConfig:
         _require(_is_real(self.lr) and self.lr > 0, "optim.lr", "a finite number > 0", self.lr)
         wd = self.weight_decay
         _require(_is_real(wd) and wd >= 0, "optim.weight_decay", "a finite number >= 0", wd)
+        ps = self.prior_std
+        _require(ps is None or (_is_real(ps) and ps > 0), "optim.prior_std", "null or > 0", ps)
 
-    def kwargs(self) -> dict[str, Any]:
-        return {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay, **self.extra}
+    def kwargs(self, num_train: int | None = None) -> dict[str, Any]:
+        """Optimiser keyword arguments; `num_train` (N) is needed when prior_std is set."""
+        wd = self.weight_decay
+        if self.prior_std is not None:
+            if not num_train:
+                raise ValueError("optim.prior_std needs the training-set size")
+            wd += 1.0 / (num_train * self.prior_std**2)
+        return {"name": self.name, "lr": self.lr, "weight_decay": wd, **self.extra}
 
 
 @dataclass(frozen=True)
@@ -272,12 +302,16 @@ class Settings:
     def datamodule_kwargs(self) -> dict[str, Any]:
         return dataclasses.asdict(self.data)
 
-    def model_kwargs(self, data_shape: tuple[int, ...]) -> dict[str, Any]:
+    def model_kwargs(
+        self, data_shape: tuple[int, ...], num_train: int | None = None
+    ) -> dict[str, Any]:
+        """Constructor arguments of the model class `model.algorithm` names (see ALGORITHMS)."""
+        model = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "algorithm"}
         return {
             "data_shape": tuple(data_shape),
-            **dataclasses.asdict(self.model),
+            **model,
             "likelihood": self.likelihood.kwargs(),
-            "optim": self.optim.kwargs(),
+            "optim": self.optim.kwargs(num_train),
         }
 
     def hparams(self) -> dict[str, Any]:
@@ -292,6 +326,7 @@ class Settings:
             "optim": self.optim.name,
             "lr": self.optim.lr,
             "weight_decay": self.optim.weight_decay,
+            "prior_std": self.optim.prior_std,
         }
         flat.update({k: v for k, v in dataclasses.asdict(self.model).items() if k != "hidden_dims"})
         flat["hidden_dims"] = "-".join(map(str, self.model.hidden_dims))

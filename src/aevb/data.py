@@ -57,10 +57,18 @@ def _one_line(err: BaseException) -> str:
     return text if len(text) < 200 else text[:197] + "..."
 
 
+def _frey_face_source(root: str, download: bool) -> tuple[Split, Split]:
+    """Frey Face: a fixed-seed split of the 1965 faces, 1765 train / 200 test (aevb.frey_face)."""
+    from aevb.frey_face import load_splits  # late: aevb.frey_face imports this module
+
+    return load_splits(root, download)
+
+
 #: data.name -> loader(root, download) -> ((train images, labels), (test images, labels))
 SOURCES: dict[str, Callable[..., tuple[Split, Split]]] = {
     "mnist": _torchvision_source(torchvision.datasets.MNIST),
     "fashion_mnist": _torchvision_source(torchvision.datasets.FashionMNIST),
+    "frey_face": _frey_face_source,
 }
 
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aevb.data import ImageDataModule
 from aevb.vae import VAE
+from aevb.wake_sleep import WakeSleep
 
 
 @dataclass
@@ -55,7 +56,8 @@ def load_run(
         root = Path(launch) / root
     data_kwargs.update(root=str(root), download=False)
     ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_of(run_dir)
-    model = VAE.load_from_checkpoint(ckpt, map_location=map_location)
+    model_cls = WakeSleep if settings.model.algorithm == "wake_sleep" else VAE
+    model = model_cls.load_from_checkpoint(ckpt, map_location=map_location)
     model.eval()
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

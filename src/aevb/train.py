@@ -22,9 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from aevb.atomic import write_json_atomic
 from aevb.callbacks import log_hparams
-from aevb.config import ConfigError, Settings
+from aevb.config import ConfigError, Settings, budget_steps
 from aevb.data import DataError, ImageDataModule
 from aevb.vae import VAE
+from aevb.wake_sleep import WakeSleep
 
 log = logging.getLogger("aevb.train")
 
@@ -65,6 +66,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
+    if cfg.get("budget_samples") is not None:  # the paper's x-axis: training samples evaluated
+        steps = budget_steps(cfg.budget_samples, settings.data.batch_size)
+        trainer_kwargs.update(max_steps=steps, max_epochs=-1)
     trainer = L.Trainer(
         **trainer_kwargs,
         logger=loggers or False,
@@ -75,12 +79,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         datamodule.prepare_data()
     datamodule.setup("fit")
-    model = VAE(**settings.model_kwargs(datamodule.data_shape))
+    model_cls = WakeSleep if settings.model.algorithm == "wake_sleep" else VAE
+    model = model_cls(**settings.model_kwargs(datamodule.data_shape, len(datamodule.train_images)))
     model.evaluation = settings.eval.test_evaluation()  # test/nll, test/iwae_k*, active units
 
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     fit_seconds = time.perf_counter() - start
+    samples_seen = int(model.samples_seen)  # before testing a checkpoint reloads the buffer
 
     ckpt = _checkpoint_callback(trainer)
     best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
@@ -105,7 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "final_is_best": final_is_best,
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
-            "samples_seen": int(model.samples_seen),
+            "samples_seen": samples_seen,
             "wall_time_s": round(time.perf_counter() - start, 3),
             "fit_time_s": round(fit_seconds, 3),
             "hparams": settings.hparams(),

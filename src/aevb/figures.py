@@ -1,0 +1,334 @@
+"""`aevb-figures`: the AEVB paper's Figures 2, 4 and 5 from finished `aevb-train` runs.
+
+    aevb-figures outputs/paper_fig2_mnist/<time> outputs/paper_fig2_frey/<time> [--out DIR]
+
+Every directory below the given ones that holds `.hydra/config.yaml` is a run. Figure 2 reads
+only `learning_curve.json` (written by `aevb.learning_curve.LearningCurve`); Figures 4 and 5 need
+the model, so they load each run's best checkpoint (`aevb.runs.load_run`):
+
+- fig2_<data>: one panel per Nz, average lower bound per datapoint against training samples
+  evaluated (log x), AEVB and wake-sleep, train solid and test dashed.
+- fig4: the learned 2-D manifolds (AEVB runs with Nz = 2, one panel per dataset): decoder means
+  at z = Phi^-1 of a regular grid on the unit square.
+- fig5_<data>: random samples E[x|z], z ~ p(z), from the AEVB runs, one panel per Nz.
+
+Each figure is written atomically as PNG and PDF into --out (default: the first directory),
+with `figures.json` (what was drawn from which run) and `summary.md` (final bounds per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch.distributions import Normal
+
+from aevb.atomic import write_bytes_atomic, write_json_atomic
+from aevb.learning_curve import CURVE_FILE
+
+#: the paper's names and line colours of the two algorithms
+ALGORITHM_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-Sleep"}
+ALGORITHM_COLORS = {"aevb": "tab:red", "wake_sleep": "tab:green"}
+DATA_LABELS = {"mnist": "MNIST", "frey_face": "Frey Face", "fashion_mnist": "Fashion-MNIST"}
+FIG5_LATENTS = (2, 5, 10, 20)
+
+
+class FiguresError(RuntimeError):
+    """Nothing to draw, or unreadable runs; str() is one line."""
+
+
+@dataclass
+class RunInfo:
+    """What the figures need of one run dir, read without loading the model."""
+
+    path: Path
+    data: str
+    latent_dim: int
+    algorithm: str
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_checkpoint(self) -> bool:
+        ckpts = self.path / "checkpoints"
+        return (ckpts / "best.ckpt").is_file() or (ckpts / "last.ckpt").is_file()
+
+    @property
+    def samples(self) -> int:
+        return int(self.curve[-1]["samples"]) if self.curve else 0
+
+
+def read_run(path: Path) -> RunInfo | None:
+    """A run's identity (data, Nz, algorithm), curve and metrics; None if not an aevb run."""
+    cfg_file = path / ".hydra" / "config.yaml"
+    try:
+        cfg = OmegaConf.load(cfg_file)
+        info = RunInfo(
+            path=path,
+            data=str(cfg.data.name),
+            latent_dim=int(cfg.model.latent_dim),
+            algorithm=str(cfg.model.get("algorithm", "aevb")),
+        )
+    except Exception:  # noqa: BLE001 -- not an aevb-train config: not a run for us
+        return None
+    curve_file = path / CURVE_FILE
+    if curve_file.is_file():
+        try:
+            info.curve = sorted(json.loads(curve_file.read_text())["points"], key=_samples)
+        except (ValueError, KeyError, TypeError) as err:
+            raise FiguresError(f"{curve_file} is unreadable ({err})") from err
+    metrics_file = path / "metrics.json"
+    if metrics_file.is_file():
+        try:
+            info.metrics = json.loads(metrics_file.read_text())
+        except ValueError:
+            info.metrics = {}
+    return info
+
+
+def _samples(point: dict[str, Any]) -> int:
+    return int(point["samples"])
+
+
+def find_runs(dirs: Sequence[str | Path]) -> list[RunInfo]:
+    """Every aevb run at or below `dirs` (sorted by path); FiguresError for a missing dir."""
+    runs: list[RunInfo] = []
+    seen: set[Path] = set()
+    for d in dirs:
+        root = Path(d)
+        if not root.is_dir():
+            raise FiguresError(f"{root} is not a directory")
+        for cfg in sorted(root.glob("**/.hydra/config.yaml")):
+            run_dir = cfg.parent.parent.resolve()
+            if run_dir in seen:
+                continue
+            seen.add(run_dir)
+            info = read_run(run_dir)
+            if info is not None:
+                runs.append(info)
+    return runs
+
+
+def _pick(runs: list[RunInfo]) -> dict[tuple[str, int, str], RunInfo]:
+    """One run per (data, Nz, algorithm): the one whose curve reaches the most samples."""
+    best: dict[tuple[str, int, str], RunInfo] = {}
+    for r in runs:
+        key = (r.data, r.latent_dim, r.algorithm)
+        if key not in best or r.samples > best[key].samples:
+            best[key] = r
+    return best
+
+
+# ----- drawing ----------------------------------------------------------------------------------
+def _new_figure(panels: int, width: float, height: float) -> tuple[Any, list[Any]]:
+    from matplotlib.figure import Figure  # late: slow import
+
+    cols = panels
+    fig = Figure(figsize=(width * cols, height), dpi=100)
+    axes = [fig.add_subplot(1, cols, i + 1) for i in range(panels)]
+    return fig, axes
+
+
+def _save(fig: Any, out: Path, stem: str) -> list[Path]:
+    """Write stem.png and stem.pdf atomically; returns the paths."""
+    paths = []
+    for fmt in ("png", "pdf"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=100 if fmt == "png" else None, bbox_inches="tight")
+        paths.append(write_bytes_atomic(out / f"{stem}.{fmt}", buf.getvalue()))
+    return paths
+
+
+def figure2(runs: dict[tuple[str, int, str], RunInfo], data: str, out: Path) -> dict[str, Any]:
+    """Fig. 2 for one dataset: a panel per Nz, train (solid) / test (dashed) lower bounds."""
+    keys = sorted(k for k, r in runs.items() if k[0] == data and r.curve)
+    latents = sorted({k[1] for k in keys})
+    fig, axes = _new_figure(len(latents), 3.2, 3.0)
+    panels = []
+    for ax, nz in zip(axes, latents, strict=True):
+        drawn = []
+        for algo in sorted({k[2] for k in keys if k[1] == nz}):
+            run = runs[(data, nz, algo)]
+            x = [p["samples"] for p in run.curve]
+            color = ALGORITHM_COLORS.get(algo, "tab:blue")
+            label = ALGORITHM_LABELS.get(algo, algo)
+            ax.plot(x, [p["train_elbo"] for p in run.curve], "-", color=color, lw=1.2,
+                    label=f"{label} (train)")  # fmt: skip
+            ax.plot(x, [p["test_elbo"] for p in run.curve], "--", color=color, lw=1.2,
+                    label=f"{label} (test)")  # fmt: skip
+            drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x)})
+        ax.set_xscale("log")
+        ax.set_title(f"{DATA_LABELS.get(data, data)}, $N_z = {nz}$", fontsize=10)
+        ax.set_xlabel("# training samples evaluated", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, which="major", alpha=0.3)
+        _limit_y(ax, runs, data, nz)
+        panels.append({"latent_dim": nz, "curves": drawn})
+    axes[0].set_ylabel(r"$\mathcal{L}$ (nats per datapoint)", fontsize=8)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return {"files": [str(p) for p in _save(fig, out, f"fig2_{data}")], "panels": panels}
+
+
+def _limit_y(ax: Any, runs: dict[tuple[str, int, str], RunInfo], data: str, nz: int) -> None:
+    """Zoom the y axis on the later part of the curves (the first points are far below)."""
+    values = [
+        p[key]
+        for (d, z, _), r in runs.items()
+        if d == data and z == nz
+        for p in r.curve[len(r.curve) // 3 :]
+        for key in ("train_elbo", "test_elbo")
+        if math.isfinite(p[key])
+    ]
+    if values:
+        lo, hi = min(values), max(values)
+        pad = 0.1 * (hi - lo) + 1.0
+        ax.set_ylim(lo - pad, hi + pad)
+
+
+def _load_model(run: RunInfo) -> Any:
+    from aevb.runs import load_run  # late: imports Lightning and the model classes
+
+    return load_run(run.path).model
+
+
+def _image_grid(images: torch.Tensor, nrow: int) -> Any:
+    """[N, 1, H, W] in [0, 1] -> one 2-D numpy array (1-pixel white gaps)."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(images.clamp(0, 1).cpu(), nrow=nrow, padding=1, pad_value=1.0)
+    return grid[0].numpy()
+
+
+@torch.no_grad()
+def manifold_images(model: Any, steps: int) -> torch.Tensor:
+    """Decoder means on a steps x steps grid z = Phi^-1(u), u evenly spaced in (0, 1)^2
+    (the paper's Fig. 4): columns z_1 increasing, rows z_2 decreasing."""
+    u = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+    values = Normal(0.0, 1.0).icdf(u)
+    z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")
+    z = torch.stack([z1, z2], dim=-1).reshape(-1, 2).to(model.device)
+    return model.likelihood.mean(model.decoder(z))
+
+
+def figure4(runs: list[RunInfo], out: Path, steps: int = 20) -> dict[str, Any]:
+    """Fig. 4: one manifold panel per dataset."""
+    fig, axes = _new_figure(len(runs), 4.0, 4.0)
+    panels = []
+    for ax, run in zip(axes, runs, strict=True):
+        images = manifold_images(_load_model(run), steps)
+        ax.imshow(_image_grid(images, steps), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"{DATA_LABELS.get(run.data, run.data)} manifold ($N_z = 2$)", fontsize=10)
+        ax.axis("off")
+        panels.append({"data": run.data, "run": str(run.path), "grid": [steps, steps]})
+    fig.tight_layout()
+    return {"files": [str(p) for p in _save(fig, out, "fig4")], "panels": panels}
+
+
+def figure5(runs: list[RunInfo], data: str, out: Path, n: int = 10, seed: int = 0) -> dict:
+    """Fig. 5: an n x n grid of samples E[x|z], z ~ N(0, I), per Nz (fixed noise seed)."""
+    fig, axes = _new_figure(len(runs), 3.0, 3.3)
+    panels = []
+    for ax, run in zip(axes, runs, strict=True):
+        model = _load_model(run)
+        g = torch.Generator().manual_seed(seed)
+        images = model.sample(n * n, generator=g)
+        ax.imshow(_image_grid(images, n), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"$N_z = {run.latent_dim}$", fontsize=10)
+        ax.axis("off")
+        panels.append({"latent_dim": run.latent_dim, "run": str(run.path)})
+    fig.tight_layout()
+    return {"files": [str(p) for p in _save(fig, out, f"fig5_{data}")], "panels": panels}
+
+
+# ----- summary ----------------------------------------------------------------------------------
+def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
+    """Markdown table: final train/test lower bound, samples reached and wall time per run."""
+    lines = [
+        "| data | Nz | algorithm | samples | train L | test L | test NLL (IW) | wall time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (data, nz, algo), run in sorted(runs.items()):
+        if not run.curve:
+            continue
+        last = run.curve[-1]
+        nll = run.metrics.get("test/nll")
+        wall = run.metrics.get("wall_time_s", last.get("wall_time_s"))
+        lines.append(
+            f"| {DATA_LABELS.get(data, data)} | {nz} | {ALGORITHM_LABELS.get(algo, algo)} "
+            f"| {last['samples']:.2e} | {last['train_elbo']:.1f} | {last['test_elbo']:.1f} "
+            f"| {f'{nll:.1f}' if isinstance(nll, float) else '-'} "
+            f"| {f'{wall / 60:.1f} min' if isinstance(wall, int | float) else '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def make_figures(
+    dirs: Sequence[str | Path], out: str | Path | None = None, samples_seed: int = 0
+) -> dict[str, Any]:
+    """Draw every figure the runs under `dirs` allow; returns the figures.json manifest."""
+    runs = find_runs(dirs)
+    picked = _pick(runs)
+    with_curve = {k: r for k, r in picked.items() if r.curve}
+    fig4_runs = [
+        r
+        for (d, nz, algo), r in sorted(picked.items(), key=lambda kv: kv[0][0] != "frey_face")
+        if nz == 2 and algo == "aevb" and r.has_checkpoint
+    ]
+    fig5_runs: dict[str, list[RunInfo]] = {}
+    for (d, nz, algo), r in sorted(picked.items()):
+        if algo == "aevb" and nz in FIG5_LATENTS and r.has_checkpoint:
+            fig5_runs.setdefault(d, []).append(r)
+    if not with_curve and not fig4_runs and not fig5_runs:
+        where = ", ".join(str(d) for d in dirs)
+        raise FiguresError(
+            f"no aevb-train runs with {CURVE_FILE} or checkpoints under {where} "
+            f"({len(runs)} run dirs found); train with +experiment=paper_fig2_mnist or similar"
+        )
+    out = Path(out) if out is not None else Path(dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
+    manifest: dict[str, Any] = {"runs": [str(r.path) for r in runs], "figures": {}}
+    for data in sorted({k[0] for k in with_curve}):
+        manifest["figures"][f"fig2_{data}"] = figure2(with_curve, data, out)
+    if fig4_runs:
+        manifest["figures"]["fig4"] = figure4(fig4_runs, out)
+    for data, rs in sorted(fig5_runs.items()):
+        manifest["figures"][f"fig5_{data}"] = figure5(rs, data, out, seed=samples_seed)
+    summary = summary_table(with_curve)
+    write_bytes_atomic(out / "summary.md", summary.encode())
+    write_json_atomic(out / "figures.json", manifest)
+    manifest["summary"] = summary
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script entry point (`aevb-figures`)."""
+    parser = argparse.ArgumentParser(
+        prog="aevb-figures",
+        description="Draw the AEVB paper's Figures 2, 4 and 5 from aevb-train run directories.",
+    )
+    parser.add_argument("dirs", nargs="+", help="run or multirun directories (searched below)")
+    parser.add_argument("--out", default=None, help="output folder (default: the first dir)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed of the Fig. 5 samples")
+    args = parser.parse_args(argv)
+    try:
+        manifest = make_figures(args.dirs, args.out, samples_seed=args.seed)
+    except (FiguresError, FileNotFoundError, ValueError) as err:
+        print(f"aevb-figures: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
+    for name, info in manifest["figures"].items():
+        print(f"{name}: {len(info['panels'])} panels -> {', '.join(info['files'])}")
+    print(manifest["summary"], end="")
+
+
+if __name__ == "__main__":
+    main()
