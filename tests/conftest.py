@@ -82,8 +82,8 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run a console script (through `python -m` so the current interpreter is used)."""
     module = {"aevb-train": "aevb.train"}.get(script, script)
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env = {**inherited, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

@@ -30,6 +30,10 @@ class ConfigError(ValueError):
     def __init__(self, key: str, allowed: str, got: Any) -> None:
         super().__init__(f"{key} must be {allowed}, got {got!r}")
         self.key = key
+        self._init_args = (key, allowed, got)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable: joblib/submitit send it back
+        return type(self), self._init_args
 
 
 def _is_int(v: Any) -> bool:

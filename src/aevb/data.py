@@ -8,8 +8,12 @@ seeded generator and shards per rank under DDP.
 from __future__ import annotations
 
 import math
+import socket
+import struct
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.error import URLError
 
 import lightning as L
 import torch
@@ -27,6 +31,62 @@ class DataError(RuntimeError):
 
 Split = tuple[Tensor, Tensor]  # images uint8/float [N, C, H, W], labels long [N]
 
+#: seconds a download may wait on a silent server before failing (no hang offline)
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+@contextmanager
+def _network_timeout(seconds: float) -> Iterator[None]:
+    """Socket timeout for libraries (torchvision's urllib) that open connections without one."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def check_idx(path: Path, dims: int, item_shape: tuple[int, ...]) -> int:
+    """Validate an IDX file of unsigned bytes (magic, item shape, size); returns its item count."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        magic = f.read(4)
+        expected_magic = bytes([0, 0, 0x08, dims])
+        if magic != expected_magic:
+            raise DataError(
+                f"{path} is not a {dims}-D IDX file of unsigned bytes (magic "
+                f"{magic.hex() or 'none'}, expected {expected_magic.hex()}); replace it or fix "
+                "data.root"
+            )
+        header = f.read(4 * dims)
+    if len(header) < 4 * dims:
+        raise DataError(f"{path} is truncated inside its header; replace it or fix data.root")
+    shape = struct.unpack(f">{dims}I", header)
+    if tuple(shape[1:]) != tuple(item_shape):
+        raise DataError(
+            f"{path} holds items of shape {tuple(shape[1:])}, expected {tuple(item_shape)}; "
+            "replace it or fix data.root"
+        )
+    needed = 4 + 4 * dims + math.prod(shape)
+    if size != needed:
+        kind = "truncated" if size < needed else "longer than its header says"
+        raise DataError(
+            f"{path} is {kind}: {size} bytes, its header ({' x '.join(map(str, shape))}) needs "
+            f"{needed}; replace it or fix data.root"
+        )
+    return shape[0]
+
+
+def _check_mnist_files(folder: Path) -> None:
+    """Header, shape and size checks of the four MNIST-layout files (torchvision only asserts)."""
+    for prefix in ("train", "t10k"):
+        images = check_idx(folder / f"{prefix}-images-idx3-ubyte", 3, (28, 28))
+        labels = check_idx(folder / f"{prefix}-labels-idx1-ubyte", 1, ())
+        if images != labels:
+            raise DataError(
+                f"{folder}/{prefix}-*: {images} images but {labels} labels; replace the files"
+            )
+
 
 def _torchvision_source(
     cls: type[torchvision.datasets.MNIST],
@@ -34,9 +94,12 @@ def _torchvision_source(
     def load(root: str, download: bool) -> tuple[Split, Split]:
         folder = Path(root) / cls.__name__ / "raw"
         files = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
+        if all((folder / f).is_file() for f in files):
+            _check_mnist_files(folder)
         try:
-            splits = [cls(root, train=train, download=download) for train in (True, False)]
-        except RuntimeError as err:
+            with _network_timeout(DOWNLOAD_TIMEOUT_S):
+                splits = [cls(root, train=train, download=download) for train in (True, False)]
+        except (RuntimeError, TimeoutError, ConnectionError, URLError) as err:
             reason = "download=false" if not download else f"download failed ({_one_line(err)})"
             raise DataError(
                 f"{cls.__name__} not found: looked for {', '.join(files)} in {folder.resolve()} "

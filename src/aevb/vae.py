@@ -194,6 +194,8 @@ class VAE(L.LightningModule):
         terms = self.elbo_terms(x)
         beta = self.beta_at(self.global_step) if prefix == "train" else None
         loss = self.loss(terms, beta)
+        if prefix == "train":  # read by aevb.divergence.DivergenceGuard before the update
+            self.last_terms = {"recon": terms.recon.detach(), "kl": terms.kl.detach()}
         self._accumulate(prefix, terms, loss)
         if prefix == "val":
             kl_dims = terms.kl_per_dim.detach().sum(0)
@@ -331,6 +333,27 @@ class VAE(L.LightningModule):
             "kl_per_dim": (acc["kl"] / n).tolist(),
             "activity": activity.tolist(),
         }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the RNG streams that draw z (CPU, and the accelerator's), so a resumed run continues
+        # with the same noise as an uninterrupted one (data order and binarization are seeded
+        # by epoch already)
+        checkpoint["rng_states"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # applied when training resumes (on_train_start), not on every load: loading a model
+        # for evaluation must not reset the caller's RNG
+        self._resume_rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        states = getattr(self, "_resume_rng_states", None) or {}
+        self._resume_rng_states = None
+        if "cpu" in states:
+            torch.set_rng_state(states["cpu"])
+        if "cuda" in states and self.device.type == "cuda":
+            torch.cuda.set_rng_state(states["cuda"], self.device)
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)

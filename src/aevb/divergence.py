@@ -1,0 +1,59 @@
+"""Stop a run at the first non-finite loss term or gradient, before the optimizer applies it.
+
+The check runs after backward and before the optimizer step, so the parameters never take a
+non-finite update and the checkpoints already on disk (`last.ckpt` of the previous epoch, the
+best one) stay the last good state. The entry point turns `Diverged` into `status: diverged`
+in metrics.json. Gradient clipping (`trainer.gradient_clip_val`) is applied after this check.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor
+
+
+class Diverged(RuntimeError):
+    """A non-finite loss term or gradient; str() is one line naming the step and the term."""
+
+    def __init__(self, step: int, epoch: int, term: str) -> None:
+        super().__init__(
+            f"training diverged at step {step} (epoch {epoch}): {term} is not finite; "
+            "lower optim.lr or set trainer.gradient_clip_val"
+        )
+        self.step, self.epoch, self.term = step, epoch, term
+
+    def __reduce__(self) -> tuple[object, ...]:  # picklable: joblib/submitit send it back
+        return type(self), (self.step, self.epoch, self.term)
+
+
+class DivergenceGuard(L.Callback):
+    """Raise `Diverged` when the step's recon/KL terms or the gradient norm are not finite.
+
+    Reads the module's `last_terms` ({name: Tensor} of the step's loss terms, set by the
+    LightningModule) and the gradients; one host sync per step (`check_every_n_steps` thins it).
+    """
+
+    def __init__(self, check_every_n_steps: int = 1, check_grads: bool = True) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(
+                f"callbacks.divergence.check_every_n_steps must be >= 1, got {check_every_n_steps}"
+            )
+        self.every, self.check_grads = check_every_n_steps, check_grads
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if trainer.global_step % self.every:
+            return
+        terms: dict[str, Tensor] = dict(getattr(pl_module, "last_terms", None) or {})
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if self.check_grads and grads:
+            terms["gradient"] = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if not terms:
+            return
+        finite = torch.stack([torch.isfinite(t).all() for t in terms.values()])
+        if bool(finite.all()):
+            return
+        first_bad = next(name for name, ok in zip(terms, finite.tolist(), strict=True) if not ok)
+        raise Diverged(trainer.global_step, trainer.current_epoch, first_bad)

@@ -1,0 +1,113 @@
+"""Check a command line before Hydra starts, so a typo fails in one line and creates nothing.
+
+Hydra reports an unknown config-group option or key only after it has set up the run, as a
+multi-line message. `check_command_line` composes the config of every job of the command
+line first (for a multirun: every swept value once) and, for a single run, also validates the
+values (aevb.config.Settings). In a multirun, bad *values* are left to the job that has them,
+so one bad point of a sweep fails alone and the others run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from aevb.config import ConfigError
+
+#: Hydra flags that print something instead of running a job: nothing to check
+_INFO_FLAGS = ("help", "hydra_help", "info", "shell_completion", "experimental_rerun")
+
+
+def check_command_line(
+    argv: Sequence[str],
+    config_dir: str,
+    config_name: str,
+    validate: Callable[[DictConfig], object] | None = None,
+) -> str | None:
+    """The first problem of `argv` as one line, or None if every job's config composes.
+
+    `validate(cfg)` (raising ConfigError / ValueError) runs on a single run's config.
+    """
+    args, _ = get_args_parser().parse_known_args(list(argv))
+    if any(getattr(args, flag, None) for flag in _INFO_FLAGS):
+        return None
+    if args.config_path or args.config_dir or args.config_name:
+        return None  # a different config tree: leave it to Hydra
+    overrides = list(args.overrides)
+    jobs = _jobs(overrides) if args.multirun else [overrides]
+    with initialize_config_dir(config_dir, version_base="1.3", job_name="preflight"):
+        for job in jobs:
+            try:
+                cfg = compose(config_name, job, return_hydra_config=True)
+            except (HydraException, OmegaConfBaseException) as err:
+                return _one_line(err, job, config_name)
+            if validate is not None and not args.multirun and not args.cfg:
+                try:
+                    validate(cfg)
+                except (ConfigError, ValueError) as err:
+                    return str(err)
+    return None
+
+
+def _jobs(overrides: list[str]) -> list[list[str]]:
+    """One override list per swept value (others at their first value), not the product."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        sweeps = [o for o in parsed if o.is_sweep_override()]
+        if not sweeps:
+            return [overrides]
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        values = {
+            o.input_line: [j[0] for j in BasicSweeper.split_arguments([o], None)[0]] for o in sweeps
+        }
+    except Exception:  # noqa: BLE001 -- a sweeper-specific syntax (e.g. Optuna's): check the rest
+        return [[o for o in overrides if "," not in o and "(" not in o]]
+    first = [v[0] for v in values.values()]
+    jobs = [fixed + first]
+    for i, options in enumerate(values.values()):
+        for value in options[1:]:
+            jobs.append(fixed + first[:i] + [value] + first[i + 1 :])
+    return jobs
+
+
+def _one_line(err: Exception, job: list[str], config_name: str) -> str:
+    """Hydra's multi-line composition errors, rewritten as one line naming key and choices."""
+    if isinstance(err, MissingConfigException) and err.options:
+        group = (err.missing_cfg_file or "").split("/")[0]
+        chosen = next(
+            (o.split("=", 1)[1] for o in job if o.lstrip("+~").startswith(f"{group}=")), "?"
+        )
+        choices = ", ".join(sorted(err.options))
+        return f"{group}={chosen} is not a config option; choose one of: {choices}"
+    missing_key = (ConfigKeyError, ConfigAttributeError)
+    cause = err.__cause__ if isinstance(err.__cause__, missing_key) else err
+    if isinstance(cause, missing_key) and cause.full_key:
+        key = cause.full_key
+        parent, _, leaf = key.rpartition(".")
+        known = _keys_of(parent, job, config_name)
+        hint = difflib.get_close_matches(leaf, known, n=1)
+        did_you_mean = f"did you mean {parent + '.' if parent else ''}{hint[0]}? " if hint else ""
+        return (
+            f"{key} is not a config key; {did_you_mean}"
+            f"{parent or 'the config'} has: {', '.join(known)} (add a new key with +{key}=...)"
+        )
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _keys_of(parent: str, job: list[str], config_name: str) -> list[str]:
+    """Keys under `parent` in the config composed without the offending overrides."""
+    try:
+        cfg = compose(config_name, [o for o in job if "=" in o and "." not in o.split("=")[0]])
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        return [str(k) for k in node] if isinstance(node, DictConfig) else []
+    except Exception:  # noqa: BLE001 -- only a hint
+        return []
