@@ -150,6 +150,8 @@ def _save(fig: Any, out: Path, stem: str) -> list[Path]:
 
 def figure2(runs: dict[tuple[str, int, str], RunInfo], data: str, out: Path) -> dict[str, Any]:
     """Fig. 2 for one dataset: a panel per Nz, train (solid) / test (dashed) lower bounds."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     keys = sorted(k for k, r in runs.items() if k[0] == data and r.curve)
     latents = sorted({k[1] for k in keys})
     fig, axes = _new_figure(len(latents), 3.2, 3.0)
@@ -167,6 +169,8 @@ def figure2(runs: dict[tuple[str, int, str], RunInfo], data: str, out: Path) -> 
                     label=f"{label} (test)")  # fmt: skip
             drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x)})
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
         ax.set_title(f"{DATA_LABELS.get(data, data)}, $N_z = {nz}$", fontsize=10)
         ax.set_xlabel("# training samples evaluated", fontsize=8)
         ax.tick_params(labelsize=7)

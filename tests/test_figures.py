@@ -1,0 +1,95 @@
+"""`aevb-figures` on a tiny real multirun (Frey Face recipe, AEVB and wake-sleep, Nz 2 and 5)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aevb.figures import FiguresError, find_runs, make_figures, summary_table
+
+from .conftest import run_cli
+from .test_frey_face import write_frey_mat
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 jobs: Nz in {2, 5} x {aevb, wake_sleep}, 400 training samples each."""
+    tmp = tmp_path_factory.mktemp("figs")
+    write_frey_mat(tmp / "data", n=240)
+    sweep = tmp / "sweep"
+    args = [
+        "-m",
+        "+experiment=paper_fig2_frey",
+        f"data.root={tmp / 'data'}",
+        "data.download=false",
+        "data.val_size=20",
+        "data.batch_size=20",
+        "model.hidden_dims=[16]",
+        "model.latent_dim=2,5",
+        "model.algorithm=aevb,wake_sleep",
+        "budget_samples=400",
+        "callbacks.learning_curve.start=20",
+        "callbacks.learning_curve.points_per_decade=2",
+        "trainer=cpu",
+        "trainer.check_val_every_n_epoch=1",
+        "trainer.enable_progress_bar=false",
+        "eval.iw_samples=0",
+        "eval.iwae_ks=[]",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = run_cli(args, tmp, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
+def test_cli_writes_paper_figures_with_expected_panels(sweep: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figs"
+    proc = run_cli([str(sweep), "--out", str(out)], tmp_path, script="aevb.figures", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "figures.json").read_text())
+    figures = manifest["figures"]
+    assert sorted(figures) == ["fig2_frey_face", "fig4", "fig5_frey_face"]
+    fig2 = figures["fig2_frey_face"]["panels"]
+    assert [p["latent_dim"] for p in fig2] == [2, 5]  # one panel per Nz
+    for panel in fig2:  # AEVB and wake-sleep in every panel, with the whole curve
+        assert sorted(c["algorithm"] for c in panel["curves"]) == ["aevb", "wake_sleep"]
+        assert all(c["points"] == 4 for c in panel["curves"])  # 20, 80, 200 and the end, 400
+    assert [p["data"] for p in figures["fig4"]["panels"]] == ["frey_face"]  # Nz = 2 AEVB only
+    assert [p["latent_dim"] for p in figures["fig5_frey_face"]["panels"]] == [2, 5]
+    for stem in ("fig2_frey_face", "fig4", "fig5_frey_face"):
+        png, pdf = (out / f"{stem}.png").read_bytes(), (out / f"{stem}.pdf").read_bytes()
+        assert png.startswith(PNG_MAGIC) and len(png) > 2000
+        assert pdf.startswith(b"%PDF") and len(pdf) > 1000
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+    summary = (out / "summary.md").read_text()
+    assert summary.count("| Frey Face |") == 4 and "Wake-Sleep" in summary
+    assert "fig2_frey_face: 2 panels" in proc.stdout
+
+
+def test_curves_come_from_learning_curve_json(sweep: Path) -> None:
+    runs = find_runs([sweep])
+    assert len(runs) == 4
+    assert {(r.latent_dim, r.algorithm) for r in runs} == {
+        (2, "aevb"), (2, "wake_sleep"), (5, "aevb"), (5, "wake_sleep")
+    }  # fmt: skip
+    for r in runs:
+        # grid 20 * 10^(k/2) = 20, 63, 200, 632 seen at batch ends (multiples of 20), then the end
+        assert [p["samples"] for p in r.curve] == [20, 80, 200, 400]
+        assert r.curve[-1]["samples"] == 400 and r.has_checkpoint
+    table = summary_table({(r.data, r.latent_dim, r.algorithm): r for r in runs})
+    assert table.splitlines()[2].startswith("| Frey Face | 2 | AEVB | 4.00e+02 |")
+
+
+def test_refuses_a_directory_without_runs(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "not_a_run").mkdir(parents=True)
+    proc = run_cli([str(tmp_path / "empty")], tmp_path, script="aevb.figures", timeout=120)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("aevb-figures: error: no aevb-train runs with learning_curve.json")
+    assert len(err.splitlines()) == 1
+    with pytest.raises(FiguresError, match="is not a directory"):
+        make_figures([tmp_path / "missing"])
