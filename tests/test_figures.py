@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from aevb.figures import FiguresError, find_runs, make_figures, summary_table
+from aevb.runs import load_run
+from aevb.wake_sleep import WakeSleep
 
 from .conftest import run_cli
 from .test_frey_face import write_frey_mat
@@ -80,6 +82,8 @@ def test_curves_come_from_learning_curve_json(sweep: Path) -> None:
         # grid 20 * 10^(k/2) = 20, 63, 200, 632 seen at batch ends (multiples of 20), then the end
         assert [p["samples"] for p in r.curve] == [20, 80, 200, 400]
         assert r.curve[-1]["samples"] == 400 and r.has_checkpoint
+    ws = next(r for r in runs if r.algorithm == "wake_sleep")
+    assert isinstance(load_run(ws.path).model, WakeSleep)  # aevb-eval/load_run know the class
     table = summary_table({(r.data, r.latent_dim, r.algorithm): r for r in runs})
     assert table.splitlines()[2].startswith("| Frey Face | 2 | AEVB | 4.00e+02 |")
 
