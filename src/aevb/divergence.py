@@ -47,13 +47,15 @@ class DivergenceGuard(L.Callback):
         if trainer.global_step % self.every:
             return
         terms: dict[str, Tensor] = dict(getattr(pl_module, "last_terms", None) or {})
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
-        if self.check_grads and grads:
-            terms["gradient"] = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if self.check_grads:
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            if grads:
+                terms["gradient"] = torch.nn.utils.get_total_norm(grads, foreach=True)
         if not terms:
             return
-        finite = torch.stack([torch.isfinite(t).all() for t in terms.values()])
-        if bool(finite.all()):
+        # one reduction and one host sync: any inf/nan makes the total non-finite
+        total = torch.stack([t.sum() for t in terms.values()]).sum()
+        if bool(torch.isfinite(total)):
             return
-        first_bad = next(name for name, ok in zip(terms, finite.tolist(), strict=True) if not ok)
+        first_bad = next(name for name, t in terms.items() if not bool(torch.isfinite(t).all()))
         raise Diverged(trainer.global_step, trainer.current_epoch, first_bad)
