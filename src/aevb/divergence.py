@@ -41,6 +41,9 @@ class DivergenceGuard(L.Callback):
             )
         self.every, self.check_grads = check_every_n_steps, check_grads
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._params = [p for p in pl_module.parameters() if p.requires_grad]
+
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -48,9 +51,9 @@ class DivergenceGuard(L.Callback):
             return
         terms: dict[str, Tensor] = dict(getattr(pl_module, "last_terms", None) or {})
         if self.check_grads:
-            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            grads = [p.grad for p in getattr(self, "_params", ()) if p.grad is not None]
             if grads:
-                terms["gradient"] = torch.nn.utils.get_total_norm(grads, foreach=True)
+                terms["gradient"] = torch.stack(torch._foreach_norm(grads))
         if not terms:
             return
         # one reduction and one host sync: any inf/nan makes the total non-finite
