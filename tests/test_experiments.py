@@ -102,6 +102,10 @@ def test_recipe_sweeps_match_the_paper() -> None:
 def test_budget_and_prior_translate_to_trainer_and_optimizer() -> None:
     assert budget_steps(10**8, 100) == 10**6
     assert budget_steps(250, 100) == 3
+    # Frey Face: 1665 training faces = 16 full batches + 65, so 10^7 samples take 6006 epochs
+    # (9,999,990 samples) and one more batch: >= the budget, never short of it
+    assert budget_steps(10**7, 100, 1665) == 6006 * 17 + 1
+    assert budget_steps(10**7, 100, 55000) == 10**5
     for bad in (0, 12.5, "1e8", True):
         with pytest.raises(ConfigError, match="budget_samples must be"):
             budget_steps(bad, 100)

@@ -53,12 +53,18 @@ def _choice(value: Any, key: str, options: Any) -> None:
     _require(value in options, key, f"one of {sorted(options)}", value)
 
 
-def budget_steps(budget_samples: Any, batch_size: int) -> int:
-    """Optimisation steps for a budget of training samples (the paper's x-axis): ceil(B / M)."""
+def budget_steps(budget_samples: Any, batch_size: int, num_train: int | None = None) -> int:
+    """Optimisation steps that evaluate at least `budget_samples` training samples (the paper's
+    x-axis), one device: ceil(B / M) when M divides the training-set size N (or N is unknown);
+    otherwise every epoch ends with a partial batch, so whole epochs cost ceil(N / M) steps."""
     b = budget_samples
     ok = _is_real(b) and b >= 1 and float(b).is_integer()
     _require(ok, "budget_samples", "null or a whole number of training samples >= 1", b)
-    return math.ceil(int(b) / batch_size)
+    b = int(b)
+    if not num_train or num_train % batch_size == 0:
+        return math.ceil(b / batch_size)
+    epochs, rest = divmod(b, num_train)
+    return epochs * math.ceil(num_train / batch_size) + math.ceil(rest / batch_size)
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         datamodule.prepare_data()
     datamodule.setup("fit")
+    if cfg.get("budget_samples") is not None:  # now exact: N is known (partial last batches)
+        n_train = len(datamodule.train_images)
+        steps = budget_steps(cfg.budget_samples, settings.data.batch_size, n_train)
+        trainer.fit_loop.epoch_loop.max_steps = steps  # what Trainer(max_steps=...) sets
     model_cls = WakeSleep if settings.model.algorithm == "wake_sleep" else VAE
     model = model_cls(**settings.model_kwargs(datamodule.data_shape, len(datamodule.train_images)))
     model.evaluation = settings.eval.test_evaluation()  # test/nll, test/iwae_k*, active units
