@@ -224,14 +224,21 @@ def manifold_images(model: Any, steps: int) -> torch.Tensor:
     return model.likelihood.mean(model.decoder(z))
 
 
-def figure4(runs: list[RunInfo], out: Path, steps: int = 20) -> dict[str, Any]:
-    """Fig. 4: one manifold panel per dataset."""
-    fig, axes = _new_figure(len(runs), 4.0, 4.0)
+def _native_size(grids: list[Any], title_in: float = 0.4) -> tuple[float, float]:
+    """Inches per panel that show each image pixel as one screen pixel at 100 dpi."""
+    height = max(g.shape[0] for g in grids) / 100 + title_in
+    width = max(g.shape[1] for g in grids) / 100
+    return width, height
+
+
+def figure4(runs: list[RunInfo], out: Path, steps: int = 16) -> dict[str, Any]:
+    """Fig. 4: one manifold panel per dataset (steps x steps decoded grid points)."""
+    grids = [_image_grid(manifold_images(_load_model(run), steps), steps) for run in runs]
+    fig, axes = _new_figure(len(runs), *_native_size(grids))
     panels = []
-    for ax, run in zip(axes, runs, strict=True):
-        images = manifold_images(_load_model(run), steps)
-        ax.imshow(_image_grid(images, steps), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"{DATA_LABELS.get(run.data, run.data)} manifold ($N_z = 2$)", fontsize=10)
+    for ax, run, grid in zip(axes, runs, grids, strict=True):
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(f"{DATA_LABELS.get(run.data, run.data)}, $N_z = 2$", fontsize=10)
         ax.axis("off")
         panels.append({"data": run.data, "run": str(run.path), "grid": [steps, steps]})
     fig.tight_layout()
@@ -240,13 +247,14 @@ def figure4(runs: list[RunInfo], out: Path, steps: int = 20) -> dict[str, Any]:
 
 def figure5(runs: list[RunInfo], data: str, out: Path, n: int = 10, seed: int = 0) -> dict:
     """Fig. 5: an n x n grid of samples E[x|z], z ~ N(0, I), per Nz (fixed noise seed)."""
-    fig, axes = _new_figure(len(runs), 3.0, 3.3)
-    panels = []
-    for ax, run in zip(axes, runs, strict=True):
-        model = _load_model(run)
+    grids = []
+    for run in runs:
         g = torch.Generator().manual_seed(seed)
-        images = model.sample(n * n, generator=g)
-        ax.imshow(_image_grid(images, n), cmap="gray", vmin=0, vmax=1)
+        grids.append(_image_grid(_load_model(run).sample(n * n, generator=g), n))
+    fig, axes = _new_figure(len(runs), *_native_size(grids))
+    panels = []
+    for ax, run, grid in zip(axes, runs, grids, strict=True):
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"$N_z = {run.latent_dim}$", fontsize=10)
         ax.axis("off")
         panels.append({"latent_dim": run.latent_dim, "run": str(run.path)})
