@@ -86,6 +86,7 @@ def test_curves_come_from_learning_curve_json(sweep: Path) -> None:
     assert isinstance(load_run(ws.path).model, WakeSleep)  # aevb-eval/load_run know the class
     table = summary_table({(r.data, r.latent_dim, r.algorithm): r for r in runs})
     assert table.splitlines()[2].startswith("| Frey Face | 2 | AEVB | 4.00e+02 |")
+    assert all(line.endswith("| completed |") for line in table.splitlines()[2:])
 
 
 def test_refuses_a_directory_without_runs(tmp_path: Path) -> None:

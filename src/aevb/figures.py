@@ -264,10 +264,11 @@ def figure5(runs: list[RunInfo], data: str, out: Path, n: int = 10, seed: int = 
 
 # ----- summary ----------------------------------------------------------------------------------
 def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
-    """Markdown table: final train/test lower bound, samples reached and wall time per run."""
+    """Markdown table per run: the last curve point (samples, train/test lower bound), the test
+    NLL and wall time from metrics.json, and its status (`running` while it has none)."""
     lines = [
-        "| data | Nz | algorithm | samples | train L | test L | test NLL (IW) | wall time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data | Nz | algorithm | samples | train L | test L | test NLL (IW) | wall | status |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (data, nz, algo), run in sorted(runs.items()):
         if not run.curve:
@@ -279,7 +280,8 @@ def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
             f"| {DATA_LABELS.get(data, data)} | {nz} | {ALGORITHM_LABELS.get(algo, algo)} "
             f"| {last['samples']:.2e} | {last['train_elbo']:.1f} | {last['test_elbo']:.1f} "
             f"| {f'{nll:.1f}' if isinstance(nll, float) else '-'} "
-            f"| {f'{wall / 60:.1f} min' if isinstance(wall, int | float) else '-'} |"
+            f"| {f'{wall / 60:.1f} min' if isinstance(wall, int | float) else '-'} "
+            f"| {run.metrics.get('status', 'running')} |"
         )
     return "\n".join(lines) + "\n"
 
