@@ -10,10 +10,24 @@ from .conftest import REPO
 
 def test_train_throughput_smoke(data_root) -> None:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"),
-         "--data-root", str(data_root), "--epochs", "2", "--hidden", "16", "--latent", "2",
-         "--val-size", "100", "trainer=cpu"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_throughput.py"),
+            "--data-root",
+            str(data_root),
+            "--epochs",
+            "2",
+            "--hidden",
+            "16",
+            "--latent",
+            "2",
+            "--val-size",
+            "100",
+            "trainer=cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -24,9 +38,21 @@ def test_train_throughput_smoke(data_root) -> None:
 
 def test_eval_throughput_smoke(data_root) -> None:
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "eval_throughput.py"),
-         "--data-root", str(data_root), "--n-test", "20", "--k", "50", "--hidden", "16"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "eval_throughput.py"),
+            "--data-root",
+            str(data_root),
+            "--n-test",
+            "20",
+            "--k",
+            "50",
+            "--hidden",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout

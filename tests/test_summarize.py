@@ -160,3 +160,13 @@ def test_main_refuses_non_sweeps_in_one_line(
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("aevb-summarize: error:") and reason in err[0]
+
+
+def test_sampled_values_are_shortened_in_markdown_only(tmp_path: Path) -> None:
+    s = tmp_path / "sweep"
+    _job(s, "0", 0, ["optim.lr=0.00013066739238053285"], _completed(-1.0, 1.0))
+    _job(s, "1", 1, ["optim.lr=0.001"], _completed(-2.0, 1.0))
+    csv_path, md_path = write_summary(s)
+    assert "| 0 | 0.0001307 |" in md_path.read_text()
+    assert "| 1 | 0.001 |" in md_path.read_text()
+    assert "0.00013066739238053285" in csv_path.read_text()

@@ -190,7 +190,10 @@ def _cell(key: str, value: Any) -> str:
         return f"{value:.1f}"
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value).replace("|", "\\|")
+    text = str(value)
+    if re.fullmatch(r"-?\d+\.\d{5,}(e-?\d+)?", text):  # a sampled value, e.g. Optuna's lr
+        text = f"{float(text):.4g}"
+    return text.replace("|", "\\|")
 
 
 def to_markdown(sweep_dir: Path, swept: list[str], rows: list[dict[str, Any]]) -> str:
