@@ -15,8 +15,8 @@ mkdir -p "$out/logs"
 {
     for alg in aevb wake_sleep; do echo "mnist 200 $alg"; done
     for nz in 20 10 5 3; do for alg in aevb wake_sleep; do echo "mnist $nz $alg"; done; done
-    echo "mnist 2 aevb"
     for nz in 20 10 5 2; do for alg in aevb wake_sleep; do echo "frey $nz $alg"; done; done
+    echo "mnist 2 aevb"   # Fig. 4 / Fig. 5 only: last, so the Fig. 2 runs finish first
 } | xargs -P "$jobs" -L 1 sh -c '
     name=$0_nz$1_$2
     aevb-train +experiment=paper_fig2_$0 model.latent_dim=$1 model.algorithm=$2 \
