@@ -3,7 +3,9 @@
 # every Fig. 2 point (MNIST Nz in {3,5,10,20,200}, Frey Face Nz in {2,5,10,20}, AEVB and
 # wake-sleep) plus MNIST Nz = 2 (Fig. 4/5) at BUDGET training samples, as single runs under
 # OUT, JOBS at a time with one thread each (longest first), then the figures into docs/figures.
-# Each run dir is self-contained; aevb-figures combines whatever runs exist.
+# Each run dir is self-contained; aevb-figures combines whatever runs exist. Re-running the
+# script skips completed runs and resumes interrupted ones from their last.ckpt (resume=auto),
+# so the reproduction can be done piecemeal.
 #   scripts/reproduce_paper.sh [DATA_ROOT] [BUDGET] [OUT] [JOBS]
 set -euo pipefail
 root=${1:-../shared/data}
@@ -19,8 +21,11 @@ mkdir -p "$out/logs"
     echo "mnist 2 aevb"   # Fig. 4 / Fig. 5 only: last, so the Fig. 2 runs finish first
 } | xargs -P "$jobs" -L 1 sh -c '
     name=$0_nz$1_$2
+    if grep -qs "\"status\": \"completed\"" '"$out"'/$name/metrics.json; then
+        echo "skip $name (completed)"; exit 0
+    fi
     aevb-train +experiment=paper_fig2_$0 model.latent_dim=$1 model.algorithm=$2 \
-        data.root='"$root"' budget_samples='"$budget"' trainer.enable_progress_bar=false \
-        hydra.run.dir='"$out"'/$name > '"$out"'/logs/$name.log 2>&1 \
+        data.root='"$root"' budget_samples='"$budget"' trainer.enable_progress_bar=false resume=auto \
+        hydra.run.dir='"$out"'/$name >> '"$out"'/logs/$name.log 2>&1 \
         && echo "done $name" || echo "FAILED $name (see '"$out"'/logs/$name.log)"'
 aevb-figures "$out" --out docs/figures
