@@ -28,4 +28,14 @@ mkdir -p "$out/logs"
         data.root='"$root"' budget_samples='"$budget"' trainer.enable_progress_bar=false resume=auto \
         hydra.run.dir='"$out"'/$name >> '"$out"'/logs/$name.log 2>&1 \
         && echo "done $name" || echo "FAILED $name (see '"$out"'/logs/$name.log)"'
-aevb-figures "$out" --out docs/figures
+# Committable copies of each run's curve, config and metrics (a few kB): Fig. 2 and the summary
+# redraw from them on a machine without the run dirs (Fig. 4 and 5 need the checkpoints).
+for run in "$out"/*/; do
+    [ -f "$run/learning_curve.json" ] || continue
+    dest=docs/reproduction/runs/$(basename "$run")
+    mkdir -p "$dest/.hydra"
+    cp "$run/.hydra/config.yaml" "$dest/.hydra/"
+    cp "$run/learning_curve.json" "$dest/"
+    if [ -f "$run/metrics.json" ]; then cp "$run/metrics.json" "$dest/"; fi
+done
+aevb-figures "$out" docs/reproduction/runs --out docs/figures
