@@ -178,21 +178,25 @@ def figure2(runs: dict[tuple[str, int, str], RunInfo], data: str, out: Path) -> 
         _limit_y(ax, runs, data, nz)
         panels.append({"latent_dim": nz, "curves": drawn})
     axes[0].set_ylabel(r"$\mathcal{L}$ (nats per datapoint)", fontsize=8)
-    axes[0].legend(fontsize=7, loc="lower right")
+    labelled = {}  # one legend entry per label, from whichever panel has it
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    axes[0].legend(labelled.values(), labelled.keys(), fontsize=7, loc="lower right")
     fig.tight_layout()
     return {"files": [str(p) for p in _save(fig, out, f"fig2_{data}")], "panels": panels}
 
 
 def _limit_y(ax: Any, runs: dict[tuple[str, int, str], RunInfo], data: str, nz: int) -> None:
-    """Zoom the y axis on the later part of the curves (the first points are far below)."""
-    values = [
-        p[key]
-        for (d, z, _), r in runs.items()
-        if d == data and z == nz
-        for p in r.curve[len(r.curve) // 3 :]
-        for key in ("train_elbo", "test_elbo")
-        if math.isfinite(p[key])
-    ]
+    """Zoom the y axis on the later two thirds of the best algorithm's curves (highest final test
+    bound) and the last point of every curve: a curve far below enters from the bottom, as the
+    paper's wake-sleep curves do, instead of squashing the others."""
+    curves = [r.curve for (d, z, _), r in runs.items() if d == data and z == nz and r.curve]
+    if not curves:
+        return
+    best = max(curves, key=lambda c: c[-1]["test_elbo"])
+    points = best[len(best) // 3 :] + [c[-1] for c in curves]
+    values = [p[k] for p in points for k in ("train_elbo", "test_elbo") if math.isfinite(p[k])]
     if values:
         lo, hi = min(values), max(values)
         pad = 0.1 * (hi - lo) + 1.0
