@@ -4,8 +4,8 @@
 # wake-sleep) plus MNIST Nz = 2 (Fig. 4/5) at BUDGET training samples, as single runs under
 # OUT, JOBS at a time with one thread each (longest first), then the figures into docs/figures.
 # Each run dir is self-contained; aevb-figures combines whatever runs exist. Re-running the
-# script skips completed runs and resumes interrupted ones from their last.ckpt (resume=auto),
-# so the reproduction can be done piecemeal.
+# script skips completed runs (in OUT or already copied to docs/reproduction/runs) and resumes
+# interrupted ones from their last.ckpt (resume=auto), so the reproduction can be done piecemeal.
 #   scripts/reproduce_paper.sh [DATA_ROOT] [BUDGET] [OUT] [JOBS]
 set -euo pipefail
 root=${1:-../shared/data}
@@ -21,9 +21,11 @@ mkdir -p "$out/logs"
     echo "mnist 2 aevb"   # Fig. 4 / Fig. 5 only: last, so the Fig. 2 runs finish first
 } | xargs -P "$jobs" -L 1 sh -c '
     name=$0_nz$1_$2
-    if grep -qs "\"status\": \"completed\"" '"$out"'/$name/metrics.json; then
-        echo "skip $name (completed)"; exit 0
-    fi
+    for m in '"$out"'/$name/metrics.json docs/reproduction/runs/$name/metrics.json; do
+        if python3 -c "import json, sys; m = json.load(open(sys.argv[1])); sys.exit(m[\"status\"] \
+                != \"completed\" or m[\"samples_seen\"] < int(sys.argv[2]))" $m '"$budget"' 2>/dev/null
+        then echo "skip $name (completed in $m)"; exit 0; fi
+    done
     aevb-train +experiment=paper_fig2_$0 model.latent_dim=$1 model.algorithm=$2 \
         data.root='"$root"' budget_samples='"$budget"' trainer.enable_progress_bar=false resume=auto \
         hydra.run.dir='"$out"'/$name >> '"$out"'/logs/$name.log 2>&1 \
