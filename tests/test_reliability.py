@@ -249,3 +249,10 @@ def test_a_thread_killed_mid_write_never_exposes_a_partial_file(tmp_path) -> Non
     finally:
         stop.set()
         t.join()
+
+
+def test_atomic_write_has_the_permissions_of_a_plain_write(tmp_path) -> None:
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    written = atomic.write_json_atomic(tmp_path / "metrics.json", {"v": 1})
+    assert written.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file beside the target, then rename over it.
 
-A crash mid-write leaves the previous file intact, never a half-written one.
+A crash mid-write leaves the previous file intact, never a half-written one. The file gets the
+permissions a plain `open(path, "w")` would give it (0o666 less the umask), not mkstemp's 0o600,
+so collaborators who can read the run dir can read its results.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
