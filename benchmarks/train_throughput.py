@@ -7,7 +7,9 @@ same optimizer (Adam, lr 1e-3), same batch size:
   (c) a DataLoader-per-sample loop like pytorch/examples' vae/main.py (ToTensor + collate),
   (d) aevb's real path: the composed `aevb-train` config through `aevb.train.train`, Lightning,
       TensorBoard logging and checkpoints on (training-epoch time from a callback).
-Times are seconds per 60,000 training images ("epoch").
+Times are seconds per 60,000 training images ("epoch"). Subnormal floats are flushed to zero
+for all paths, as `aevb-train` does (`--keep-denormals` to compare: Adam's second moments go
+subnormal within a few epochs and slow the optimizer step down on x86).
 
     python benchmarks/train_throughput.py --data-root ../shared/data --epochs 3
 """
@@ -134,8 +136,15 @@ def main() -> None:
     p.add_argument("--latent", type=int, default=20)
     p.add_argument("--skip-dataloader", action="store_true", help="skip loop (c)")
     p.add_argument("--val-size", type=int, default=5000, help="aevb validation hold-out")
+    p.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="do not flush subnormal floats to zero (aevb-train flushes them; here the mode "
+        "is set once for all paths, before the first parallel op starts torch's worker threads)",
+    )
     p.add_argument("aevb_overrides", nargs="*", help="extra aevb-train overrides for (d)")
     args = p.parse_args()
+    torch.set_flush_denormal(not args.keep_denormals)
     torch.manual_seed(0)
 
     layers = [
@@ -151,6 +160,7 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:  # first, so its peak RSS is its own
         results["aevb"], n_train = run_aevb(args.data_root, args, Path(tmp))
+    torch.set_flush_denormal(not args.keep_denormals)  # aevb.train.train turned it on
     rss = {"aevb": peak_rss_mb()}
     ds = torchvision.datasets.MNIST(args.data_root, train=True, download=False)
     results["plain"] = run_plain(ds.data.unsqueeze(1).float() / 255.0, args)
@@ -185,7 +195,8 @@ def main() -> None:
     print(
         f"matmul rate {rate / 1e9:.1f} GFLOP/s (the GEMMs of a batch-{args.batch_size} step); "
         f"{params:,} parameters; aevb trains on {n_train:,} images/epoch; times per 60k images; "
-        f"{args.epochs} epochs, {torch.get_num_threads()} threads"
+        f"{args.epochs} epochs, {torch.get_num_threads()} threads, subnormals "
+        f"{'kept' if args.keep_denormals else 'flushed to zero'} (all paths)"
     )
     print_table(rows, ["path", "s/epoch", "samples/s", "x bound", "x plain", "speedup vs (c)"])
     print(f"peak RSS: {rss['aevb']:.0f} MiB after (d) aevb; {peak_rss_mb():.0f} MiB after all")

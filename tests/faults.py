@@ -1,5 +1,5 @@
-"""Fault injection for the reliability tests, plugged in as extra callbacks from the command line:
-`+callbacks.fault._target_=tests.faults.PoisonWeights +callbacks.fault.at_step=12`."""
+"""Fault injection and probes for the reliability tests, plugged in as extra callbacks from the
+command line: `+callbacks.fault._target_=tests.faults.PoisonWeights +callbacks.fault.at_step=12`."""
 
 from __future__ import annotations
 
@@ -32,3 +32,14 @@ class KillAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RequireFlushedSubnormals(L.Callback):
+    """Fail the run unless subnormal results are flushed to zero on every intra-op thread."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        tiny = torch.full((1 << 20,), 1e-30) * 1e-10  # 1e-40 is subnormal in float32
+        if torch.get_num_threads() > 1:  # large enough to be split over the worker threads
+            assert tiny.numel() > 2 * 32768
+        if bool((tiny != 0).any()):
+            raise RuntimeError("subnormal floats are not flushed to zero")

@@ -192,7 +192,8 @@ def test_resume_after_sigkill_matches_the_uninterrupted_run(data_root, tmp_path)
     common = [*tiny_overrides(data_root), "trainer.max_epochs=3", "eval.iw_samples=0"]
     common += ["eval.iwae_ks=[]", "~callbacks.latent_scatter", "~callbacks.latent_manifold"]
     env = {"PYTHONPATH": str(REPO)}
-    full = run_cli([*common, f"hydra.run.dir={tmp_path}/full"], tmp_path, env=env)
+    probe = "+callbacks.probe._target_=tests.faults.RequireFlushedSubnormals"  # speed setting
+    full = run_cli([*common, probe, f"hydra.run.dir={tmp_path}/full"], tmp_path, env=env)
     assert full.returncode == 0, full.stderr[-2000:]
     killed = run_cli(
         [*common, *_fault("KillAt", 15), f"hydra.run.dir={tmp_path}/killed"], tmp_path, env=env

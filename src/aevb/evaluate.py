@@ -72,6 +72,7 @@ def parse_overrides(overrides: list[str]) -> tuple[EvalConfig, str]:
 def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Evaluate the run (or checkpoint) `target`; writes and returns the eval.json record."""
     settings, accelerator = parse_overrides(list(overrides or []))
+    torch.set_flush_denormal(True)  # as in training (aevb.train.train): no slow subnormals
     run_dir, ckpt = resolve(target)
     run = load_run(run_dir, checkpoint=ckpt)
     model = run.model
