@@ -3,7 +3,7 @@
 The bound counts the decoder GEMMs of every importance sample (2 * (D*H + H*784) FLOP per
 sample and datapoint, encoder negligible) at the measured torch.mm rate for the same shapes.
 Everything else (sampling z, the Bernoulli log-density over 784 pixels, logsumexp) is what the
-ratio to the bound measures.
+ratio to the bound measures. Subnormal floats are flushed to zero, as `aevb-eval` does.
 
     python benchmarks/eval_throughput.py --data-root ../shared/data --k 5000
     python benchmarks/eval_throughput.py --n-test 200 --k 50          # random data, seconds
@@ -60,7 +60,13 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--latent", type=int, default=20)
     p.add_argument("--chunk", type=int, default=None, help="decoder rows per pass")
+    p.add_argument(
+        "--keep-denormals",
+        action="store_true",
+        help="do not flush subnormal floats to zero (aevb-eval flushes them)",
+    )
     args = p.parse_args()
+    torch.set_flush_denormal(not args.keep_denormals)  # before torch starts its worker threads
     torch.manual_seed(0)
     if args.checkpoint:
         model = VAE.load_from_checkpoint(args.checkpoint, map_location="cpu")
@@ -88,7 +94,8 @@ def main() -> None:
         elbo = torch.cat([model.elbo(xb) for xb in x.split(1000)]).mean()
     print(
         f"{args.n_test:,} images x k={args.k:,} = {rows:,} decoder rows (chunk {chunk}); "
-        f"decoder GEMM rate {rate / 1e9:.1f} GFLOP/s; {torch.get_num_threads()} threads"
+        f"decoder GEMM rate {rate / 1e9:.1f} GFLOP/s; {torch.get_num_threads()} threads; "
+        f"subnormals {'kept' if args.keep_denormals else 'flushed to zero'}"
     )
     print_table(
         [
