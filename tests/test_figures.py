@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aevb.figures import FiguresError, find_runs, make_figures, summary_table
+from aevb.figures import FiguresError, RunInfo, find_runs, make_figures, summary_table
 from aevb.runs import load_run
 from aevb.wake_sleep import WakeSleep
 
@@ -87,6 +87,17 @@ def test_curves_come_from_learning_curve_json(sweep: Path) -> None:
     table = summary_table({(r.data, r.latent_dim, r.algorithm): r for r in runs})
     assert table.splitlines()[2].startswith("| Frey Face | 2 | AEVB | 4.00e+02 |")
     assert all(line.endswith("| completed |") for line in table.splitlines()[2:])
+
+
+def test_summary_wall_time_counts_resumed_sessions(tmp_path: Path) -> None:
+    point = {"samples": 1000, "train_elbo": -150.0, "test_elbo": -151.0}
+    resumed = RunInfo(tmp_path, "mnist", 3, "aevb", [{**point, "wall_time_s": 1200.0}])
+    resumed.metrics = {"status": "completed", "wall_time_s": 600.0}  # the last session only
+    fresh = RunInfo(tmp_path, "mnist", 5, "aevb", [{**point, "wall_time_s": 500.0}])
+    fresh.metrics = {"status": "completed", "wall_time_s": 540.0}  # fit + final test
+    lines = summary_table({("mnist", 3, "aevb"): resumed, ("mnist", 5, "aevb"): fresh})
+    assert "| 20.0 min | completed |" in lines.splitlines()[2]
+    assert "| 9.0 min | completed |" in lines.splitlines()[3]
 
 
 def test_refuses_a_directory_without_runs(tmp_path: Path) -> None:

@@ -269,7 +269,9 @@ def figure5(runs: list[RunInfo], data: str, out: Path, n: int = 10, seed: int = 
 # ----- summary ----------------------------------------------------------------------------------
 def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
     """Markdown table per run: the last curve point (samples, train/test lower bound), the test
-    NLL and wall time from metrics.json, and its status (`running` while it has none)."""
+    NLL from metrics.json, the wall time (the longer of metrics.json's, which covers the last
+    session only, and the curve's, which adds up resumed sessions) and the status (`running`
+    while there is no metrics.json)."""
     lines = [
         "| data | Nz | algorithm | samples | train L | test L | test NLL (IW) | wall | status |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -279,7 +281,8 @@ def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
             continue
         last = run.curve[-1]
         nll = run.metrics.get("test/nll")
-        wall = run.metrics.get("wall_time_s", last.get("wall_time_s"))
+        walls = [w for w in (run.metrics.get("wall_time_s"), last.get("wall_time_s")) if w]
+        wall = max(walls) if walls else None
         lines.append(
             f"| {DATA_LABELS.get(data, data)} | {nz} | {ALGORITHM_LABELS.get(algo, algo)} "
             f"| {last['samples']:.2e} | {last['train_elbo']:.1f} | {last['test_elbo']:.1f} "
