@@ -36,6 +36,18 @@ class ConfigError(ValueError):
         return type(self), self._init_args
 
 
+def lookup(table: DictConfig, key: str) -> Any:
+    """Resolver `${aevb.lookup:TABLE,KEY}`: TABLE[KEY], e.g. a recipe's step size per algorithm
+    and Nz (`${aevb.lookup:${paper_step_size.${model.algorithm}},nz${model.latent_dim}}`)."""
+    if key not in table:
+        where = table._get_full_key(None)
+        raise KeyError(f"no entry {key} in {where} (has {', '.join(table)}); set optim.lr")
+    return table[key]
+
+
+OmegaConf.register_new_resolver("aevb.lookup", lookup, replace=True)
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

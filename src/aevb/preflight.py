@@ -52,6 +52,8 @@ def check_command_line(
             if validate is not None and not args.multirun and not args.cfg:
                 try:
                     validate(cfg)
+                except OmegaConfBaseException as err:  # e.g. a resolver's error: its first line
+                    return " ".join(str(err).splitlines()[0].split())
                 except (ConfigError, ValueError) as err:
                     return str(err)
     return None
