@@ -28,7 +28,9 @@ def _compose(recipe: str, *extra: str) -> dict:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", [f"+experiment={recipe}", *extra])
     Settings.from_cfg(cfg)  # the composed recipe passes validation
-    return OmegaConf.to_container(cfg, resolve=False)
+    out = OmegaConf.to_container(cfg, resolve=False)
+    out["optim"] = OmegaConf.to_container(cfg.optim, resolve=True)  # lr: the aevb-step-size table
+    return out
 
 
 def _check_paper_common(cfg: dict) -> None:
@@ -74,9 +76,12 @@ def test_cfg_job_prints_the_recipe(tmp_path: Path) -> None:
                    tmp_path, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = yaml.safe_load(proc.stdout)
+    expected = _compose("paper_fig2_frey", "model.algorithm=wake_sleep")
+    assert cfg["optim"]["lr"].startswith("${aevb.lookup:${paper_step_size.")  # per algorithm/Nz
+    cfg["optim"]["lr"] = expected["optim"]["lr"]
     _check_frey(cfg)
     assert cfg["model"]["algorithm"] == "wake_sleep"
-    assert cfg == _compose("paper_fig2_frey", "model.algorithm=wake_sleep")
+    assert cfg == expected
 
 
 def _sweep_params(recipe: str) -> dict[str, str]:
@@ -157,6 +162,9 @@ def test_frey_recipe_runs_to_its_budget_with_a_log_spaced_curve(tmp_path: Path) 
     curve = json.loads((run_dir / "learning_curve.json").read_text())
     assert [p["samples"] for p in curve["points"]] == [100, 320, 1000]
     assert curve["train_points"] == 140 and curve["test_points"] == 150
+    # the bound of the fitted model that ignores z (a reference line of the Frey panels)
+    assert set(curve["z_ignored"]) == {"train", "test"}
+    assert all(math.isfinite(v) for v in curve["z_ignored"].values())
     for p in curve["points"]:
         assert math.isfinite(p["train_elbo"]) and math.isfinite(p["test_elbo"])
     # the last point is the final model: its test bound is the run's test/elbo up to z noise

@@ -109,3 +109,48 @@ def test_refuses_a_directory_without_runs(tmp_path: Path) -> None:
     assert len(err.splitlines()) == 1
     with pytest.raises(FiguresError, match="is not a directory"):
         make_figures([tmp_path / "missing"])
+
+
+def _curve(values: list[float], offset: float = 1.0) -> list[dict]:
+    return [{"samples": 10 ** (3 + i), "train_elbo": v + offset, "test_elbo": v}
+            for i, v in enumerate(values)]  # fmt: skip
+
+
+def test_fig2_shows_every_curve_whole_with_an_axis_break(tmp_path: Path) -> None:
+    from aevb.figures import figure2
+
+    ref = {"train": 576.0, "test": 580.0}
+    aevb = RunInfo(
+        tmp_path / "a", "frey_face", 2, "aevb", _curve([500, 700, 800, 840]), z_ignored=ref
+    )
+    aevb.metrics = {"status": "completed"}
+    ws = RunInfo(tmp_path / "w", "frey_face", 2, "wake_sleep", _curve([-9000, 560, 575, 576]))
+    ws.metrics = {"status": "completed"}
+    close = RunInfo(tmp_path / "c", "frey_face", 5, "aevb", _curve([600, 700, 800]))  # running
+    runs = {("frey_face", 2, "aevb"): aevb, ("frey_face", 2, "wake_sleep"): ws,
+            ("frey_face", 5, "aevb"): close}  # fmt: skip
+    info = figure2(runs, "frey_face", tmp_path)
+    two, five = info["panels"]
+    assert two["broken_axis"] and not five["broken_axis"]  # -9000 gets the strip below a break
+    assert two["z_ignored"] == ref and five["z_ignored"] is None
+    assert five["y_range"][0] <= 601 and five["curves"][0]["status"] == "running"
+    paper = figure2(runs, "frey_face", tmp_path, axes="paper")
+    assert [p["y_range"] for p in paper["panels"]] == [[0.0, 1600.0], [0.0, 1600.0]]
+    assert not any(p["broken_axis"] for p in paper["panels"])
+    assert (tmp_path / "fig2_frey_face.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_summary_takes_bound_and_nll_from_the_final_weights(tmp_path: Path) -> None:
+    curve = [{"samples": 1000, "train_elbo": -150.0, "test_elbo": -151.0}]
+    later = RunInfo(tmp_path, "mnist", 3, "aevb", curve)  # best checkpoint earlier than the end
+    later.metrics = {"status": "completed", "final_is_best": False, "test/nll": 140.0,
+                     "test_final/nll": 149.0}  # fmt: skip
+    best = RunInfo(tmp_path, "mnist", 5, "aevb", curve)
+    best.metrics = {"status": "completed", "final_is_best": True, "test/nll": 148.0}
+    untested = RunInfo(tmp_path, "mnist", 10, "aevb", curve)
+    untested.metrics = {"status": "completed", "final_is_best": False, "test/nll": 140.0}
+    rows = summary_table({("mnist", 3, "aevb"): later, ("mnist", 5, "aevb"): best,
+                          ("mnist", 10, "aevb"): untested}).splitlines()[2:]  # fmt: skip
+    assert "| -150.0 | -151.0 | 149.0 |" in rows[0]
+    assert "| -150.0 | -151.0 | 148.0 |" in rows[1]
+    assert "| -150.0 | -151.0 | - |" in rows[2]  # never the best checkpoint's NLL beside L

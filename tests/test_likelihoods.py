@@ -155,3 +155,39 @@ def test_every_likelihood_has_image_event_shape_and_unit_range_means(name: str) 
     assert dist.event_shape == SHAPE and dist.batch_shape == (6,)
     mean = lik.mean(params)
     assert mean.shape == (6, *SHAPE) and mean.min() >= 0 and mean.max() <= 1
+
+
+def test_z_ignored_bernoulli_is_minus_the_pixel_entropies_at_the_mean() -> None:
+    """On the data it was fitted to, the ML independent Bernoulli has log-likelihood
+    sum_j [p_j log p_j + (1 - p_j) log(1 - p_j)], p_j the pixel's mean."""
+    x = (_grey(400) > 0.3).double()
+    fitted = build_likelihood("bernoulli", SHAPE).z_ignored(x)
+    p = x.mean(0).numpy()
+    expected = float(np.sum(p * np.log(p) + (1 - p) * np.log(1 - p)))
+    assert float(fitted.log_prob(x).mean()) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("mode", ["pixel", "decoder", "global"])
+def test_z_ignored_gaussian_is_minus_half_log_two_pi_e_variance(mode: str) -> None:
+    """ML Gaussian on its own data: -1/2 sum_j log(2 pi e sigma_j^2) (sigma^2 pooled: global)."""
+    x = _grey(500) * torch.linspace(0.2, 1.0, PIXELS, dtype=torch.float64).reshape(SHAPE)
+    fitted = build_likelihood("gaussian_learned", SHAPE, sigma_mode=mode).z_ignored(x)
+    var = ((x - x.mean(0)) ** 2).mean(0).numpy()
+    var = np.full_like(var, var.mean()) if mode == "global" else var
+    expected = -0.5 * float(np.sum(np.log(2 * math.pi * math.e * var)))
+    assert float(fitted.log_prob(x).mean()) == pytest.approx(expected, rel=1e-9)
+
+
+def test_z_ignored_clamps_like_the_model_and_laplace_uses_the_median() -> None:
+    x = _grey(301)
+    x[:, 0, 0, 0] = 0.5  # a constant pixel: variance 0, clamped at exp(LOGVAR_MIN)
+    gauss = build_likelihood("gaussian_learned", SHAPE, sigma_mode="pixel").z_ignored(x)
+    assert float(gauss.base_dist.scale[0, 0, 0]) == pytest.approx(math.exp(0.5 * LOGVAR_MIN))
+    laplace = build_likelihood("laplace", SHAPE, scale_mode="pixel").z_ignored(x)
+    b = (x - x.median(0).values).abs().mean(0).clamp(min=math.exp(0.5 * LOGVAR_MIN))
+    expected = -float(torch.log(2 * b).sum()) - float(((x - x.median(0).values).abs() / b).sum(
+        (1, 2, 3)).mean())  # fmt: skip
+    assert float(laplace.log_prob(x.double()).mean()) == pytest.approx(expected, rel=1e-9)
+    fixed = build_likelihood("gaussian", SHAPE, sigma=0.5).z_ignored(x)
+    assert torch.allclose(fixed.base_dist.scale, torch.full(SHAPE, 0.5, dtype=torch.float64))
+    assert build_likelihood("continuous_bernoulli", SHAPE).z_ignored(x) is None  # no closed form

@@ -56,6 +56,8 @@ class RunInfo:
     algorithm: str
     curve: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: train/test bound of the model that ignores z, as the learning curve recorded it
+    z_ignored: dict[str, float] | None = None
 
     @property
     def has_checkpoint(self) -> bool:
@@ -83,7 +85,9 @@ def read_run(path: Path) -> RunInfo | None:
     curve_file = path / CURVE_FILE
     if curve_file.is_file():
         try:
-            info.curve = sorted(json.loads(curve_file.read_text())["points"], key=_samples)
+            curve = json.loads(curve_file.read_text())
+            info.curve = sorted(curve["points"], key=_samples)
+            info.z_ignored = curve.get("z_ignored")
         except (ValueError, KeyError, TypeError) as err:
             raise FiguresError(f"{curve_file} is unreadable ({err})") from err
     metrics_file = path / "metrics.json"
@@ -148,59 +152,128 @@ def _save(fig: Any, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def figure2(runs: dict[tuple[str, int, str], RunInfo], data: str, out: Path) -> dict[str, Any]:
-    """Fig. 2 for one dataset: a panel per Nz, train (solid) / test (dashed) lower bounds."""
+#: --axes paper: the x and y ranges of the paper's Fig. 2 panels (docs/reproduction.md)
+PAPER_AXES = {"mnist": ((1e5, 1e8), (-150.0, -100.0)), "frey_face": ((1e5, 1e8), (0.0, 1600.0))}
+#: --axes paper: the paper's panels (MNIST Nz = 2 runs serve Figs. 4 and 5 only)
+PAPER_PANELS = {"mnist": (3, 5, 10, 20, 200), "frey_face": (2, 5, 10, 20)}
+#: the y range below the zoomed part that gets its own strip (an axis break) instead of squashing
+BREAK_FACTOR = 1.0
+
+
+def figure2(
+    runs: dict[tuple[str, int, str], RunInfo], data: str, out: Path, axes: str = "full"
+) -> dict[str, Any]:
+    """Fig. 2 for one dataset: a panel per Nz, train (solid) / test (dashed) lower bounds.
+
+    axes="full" shows every curve whole: the y axis zooms on the best curves and, where other
+    curves reach far below, a lower strip below a marked axis break shows the rest.
+    axes="paper" uses the paper's ranges (PAPER_AXES) and may clip. A grey line marks the bound
+    of the fitted model that ignores z (`Likelihood.z_ignored`) where the runs recorded it, and
+    a run that has not completed is labelled partial in its panel.
+    """
+    from matplotlib.figure import Figure
     from matplotlib.ticker import LogLocator, NullFormatter
 
     keys = sorted(k for k, r in runs.items() if k[0] == data and r.curve)
-    latents = sorted({k[1] for k in keys})
-    fig, axes = _new_figure(len(latents), 3.2, 3.0)
-    panels = []
-    for ax, nz in zip(axes, latents, strict=True):
-        drawn = []
-        for algo in sorted({k[2] for k in keys if k[1] == nz}):
-            run = runs[(data, nz, algo)]
+    paper = axes == "paper" and data in PAPER_AXES
+    latents = sorted({k[1] for k in keys if not paper or k[1] in PAPER_PANELS[data]})
+    fig = Figure(figsize=(3.2 * len(latents), 3.4), dpi=100)
+    grid = fig.add_gridspec(2, len(latents), height_ratios=[4, 1], hspace=0.06)
+    panels, labelled = [], {}
+    for i, nz in enumerate(latents):
+        panel_runs = {k[2]: runs[k] for k in keys if k[1] == nz}
+        y_full, y_zoom = _y_ranges(list(panel_runs.values()))
+        if paper:
+            (x_lim, y_lim), broken = PAPER_AXES[data], False
+        else:
+            x_lim, y_lim = None, y_zoom
+            broken = y_full[0] < y_zoom[0] - BREAK_FACTOR * (y_zoom[1] - y_zoom[0])
+            if not broken:
+                y_lim = (y_full[0], y_zoom[1])
+        top = fig.add_subplot(grid[0, i] if broken else grid[:, i])
+        strips = [top]
+        if broken:
+            low = fig.add_subplot(grid[1, i], sharex=top)
+            low.set_ylim(y_full[0], y_zoom[0])
+            _mark_break(top, low)
+            strips.append(low)
+        drawn, partial = [], []
+        for algo, run in sorted(panel_runs.items()):
             x = [p["samples"] for p in run.curve]
             color = ALGORITHM_COLORS.get(algo, "tab:blue")
             label = ALGORITHM_LABELS.get(algo, algo)
-            ax.plot(x, [p["train_elbo"] for p in run.curve], "-", color=color, lw=1.2,
-                    label=f"{label} (train)")  # fmt: skip
-            ax.plot(x, [p["test_elbo"] for p in run.curve], "--", color=color, lw=1.2,
-                    label=f"{label} (test)")  # fmt: skip
-            drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x)})
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10))
-        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
-        ax.set_title(f"{DATA_LABELS.get(data, data)}, $N_z = {nz}$", fontsize=10)
-        ax.set_xlabel("# training samples evaluated", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, which="major", alpha=0.3)
-        _limit_y(ax, runs, data, nz)
-        panels.append({"latent_dim": nz, "curves": drawn})
-    axes[0].set_ylabel(r"$\mathcal{L}$ (nats per datapoint)", fontsize=8)
-    labelled = {}  # one legend entry per label, from whichever panel has it
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            for ax in strips:
+                for key, style in (("train_elbo", "-"), ("test_elbo", "--")):
+                    split = "train" if key == "train_elbo" else "test"
+                    ax.plot(x, [p[key] for p in run.curve], style, color=color, lw=1.2,
+                            label=f"{label} ({split})")  # fmt: skip
+            if run.metrics.get("status") != "completed":
+                partial.append(f"{label} at {run.samples:.1e}")
+            drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x),
+                          "status": run.metrics.get("status", "running")})  # fmt: skip
+        reference = next((r.z_ignored for r in panel_runs.values() if r.z_ignored), None)
+        if reference:
+            for split, style in (("train", ":"), ("test", "-.")):
+                top.axhline(reference[split], color="0.45", ls=style, lw=1.0,
+                            label=f"z ignored ({split})")  # fmt: skip
+        if partial:
+            top.text(0.02, 0.02, "partial: " + "; ".join(partial), transform=top.transAxes,
+                     fontsize=6, va="bottom")  # fmt: skip
+        top.set_ylim(*(y_lim if paper else _padded(y_lim)))
+        for ax in strips:
+            ax.set_xscale("log")
+            if x_lim is not None:
+                ax.set_xlim(*x_lim)
+            ax.xaxis.set_major_locator(LogLocator(base=10))
+            ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
+            ax.tick_params(labelsize=7)
+            ax.grid(True, which="major", alpha=0.3)
+        if broken:
+            top.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
+            strips[-1].tick_params(axis="x", which="both", top=False)
+        strips[-1].set_xlabel("# training samples evaluated", fontsize=8)
+        top.set_title(f"{DATA_LABELS.get(data, data)}, $N_z = {nz}$", fontsize=10)
+        if i == 0:
+            top.set_ylabel(r"$\mathcal{L}$ (nats per datapoint)", fontsize=8)
+        for handle, label in zip(*top.get_legend_handles_labels(), strict=True):
             labelled.setdefault(label, handle)
-    axes[0].legend(labelled.values(), labelled.keys(), fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return {"files": [str(p) for p in _save(fig, out, f"fig2_{data}")], "panels": panels}
+        panels.append({"latent_dim": nz, "curves": drawn, "broken_axis": broken,
+                       "y_range": list(y_lim), "z_ignored": reference})  # fmt: skip
+    fig.axes[0].legend(labelled.values(), labelled.keys(), fontsize=6, loc="lower right")
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.9, wspace=0.25)
+    return {"files": [str(p) for p in _save(fig, out, f"fig2_{data}")], "panels": panels,
+            "axes": axes}  # fmt: skip
 
 
-def _limit_y(ax: Any, runs: dict[tuple[str, int, str], RunInfo], data: str, nz: int) -> None:
-    """Zoom the y axis on the later two thirds of the best algorithm's curves (highest final test
-    bound) and the last point of every curve: a curve far below enters from the bottom, as the
-    paper's wake-sleep curves do, instead of squashing the others."""
-    curves = [r.curve for (d, z, _), r in runs.items() if d == data and z == nz and r.curve]
-    if not curves:
-        return
-    best = max(curves, key=lambda c: c[-1]["test_elbo"])
-    points = best[len(best) // 3 :] + [c[-1] for c in curves]
-    values = [p[k] for p in points for k in ("train_elbo", "test_elbo") if math.isfinite(p[k])]
-    if values:
-        lo, hi = min(values), max(values)
-        pad = 0.1 * (hi - lo) + 1.0
-        ax.set_ylim(lo - pad, hi + pad)
+def _y_ranges(runs: list[RunInfo]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(full, zoom) y ranges of a panel's curves. Full: every finite value. Zoom: the later two
+    thirds of the best run's curves (highest final test bound), the last point of every curve
+    and everything above; a curve far below then gets the strip under an axis break."""
+
+    def values(points: list[dict[str, Any]]) -> list[float]:
+        return [p[k] for p in points for k in ("train_elbo", "test_elbo") if math.isfinite(p[k])]
+
+    every = [v for r in runs for v in values(r.curve)]
+    best = max(runs, key=lambda r: r.curve[-1]["test_elbo"]).curve
+    zoom = values(best[len(best) // 3 :] + [r.curve[-1] for r in runs])
+    full = (min(every), max(every))
+    return full, (min(zoom), full[1])
+
+
+def _padded(limits: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = limits
+    pad = 0.05 * (hi - lo) + 1.0
+    return lo - pad, hi + pad
+
+
+def _mark_break(top: Any, low: Any) -> None:
+    """Hide the facing spines of the two strips and draw the usual diagonal break marks."""
+    top.spines["bottom"].set_visible(False)
+    low.spines["top"].set_visible(False)
+    kw = {"marker": [(-1, -0.5), (1, 0.5)], "markersize": 8, "linestyle": "none",
+          "color": "k", "mec": "k", "mew": 1, "clip_on": False}  # fmt: skip
+    top.plot([0, 1], [0, 0], transform=top.transAxes, **kw)
+    low.plot([0, 1], [1, 1], transform=low.transAxes, **kw)
 
 
 def _load_model(run: RunInfo) -> Any:
@@ -268,10 +341,12 @@ def figure5(runs: list[RunInfo], data: str, out: Path, n: int = 10, seed: int = 
 
 # ----- summary ----------------------------------------------------------------------------------
 def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
-    """Markdown table per run: the last curve point (samples, train/test lower bound), the test
-    NLL from metrics.json, the wall time (the longer of metrics.json's, which covers the last
-    session only, and the curve's, which adds up resumed sessions) and the status (`running`
-    while there is no metrics.json)."""
+    """Markdown table per run, every number from the final weights: the last curve point
+    (samples, train/test lower bound), the importance-weighted test NLL of the same weights
+    (metrics.json's `test_final/nll` when the best checkpoint differs from the final weights,
+    else `test/nll`), the wall time (the longer of metrics.json's, which covers the last session
+    only, and the curve's, which adds up resumed sessions) and the status (`running` while there
+    is no metrics.json)."""
     lines = [
         "| data | Nz | algorithm | samples | train L | test L | test NLL (IW) | wall | status |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -280,21 +355,25 @@ def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
         if not run.curve:
             continue
         last = run.curve[-1]
-        nll = run.metrics.get("test/nll")
-        walls = [w for w in (run.metrics.get("wall_time_s"), last.get("wall_time_s")) if w]
+        m = run.metrics
+        nll = m.get("test_final/nll", m.get("test/nll") if m.get("final_is_best", True) else None)
+        walls = [w for w in (m.get("wall_time_s"), last.get("wall_time_s")) if w]
         wall = max(walls) if walls else None
         lines.append(
             f"| {DATA_LABELS.get(data, data)} | {nz} | {ALGORITHM_LABELS.get(algo, algo)} "
             f"| {last['samples']:.2e} | {last['train_elbo']:.1f} | {last['test_elbo']:.1f} "
             f"| {f'{nll:.1f}' if isinstance(nll, float) else '-'} "
             f"| {f'{wall / 60:.1f} min' if isinstance(wall, int | float) else '-'} "
-            f"| {run.metrics.get('status', 'running')} |"
+            f"| {m.get('status', 'running')} |"
         )
     return "\n".join(lines) + "\n"
 
 
 def make_figures(
-    dirs: Sequence[str | Path], out: str | Path | None = None, samples_seed: int = 0
+    dirs: Sequence[str | Path],
+    out: str | Path | None = None,
+    samples_seed: int = 0,
+    axes: str = "full",
 ) -> dict[str, Any]:
     """Draw every figure the runs under `dirs` allow; returns the figures.json manifest."""
     runs = find_runs(dirs)
@@ -319,7 +398,7 @@ def make_figures(
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"runs": [str(r.path) for r in runs], "figures": {}}
     for data in sorted({k[0] for k in with_curve}):
-        manifest["figures"][f"fig2_{data}"] = figure2(with_curve, data, out)
+        manifest["figures"][f"fig2_{data}"] = figure2(with_curve, data, out, axes)
     if fig4_runs:
         manifest["figures"]["fig4"] = figure4(fig4_runs, out)
     for data, rs in sorted(fig5_runs.items()):
@@ -340,9 +419,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("dirs", nargs="+", help="run or multirun directories (searched below)")
     parser.add_argument("--out", default=None, help="output folder (default: the first dir)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the Fig. 5 samples")
+    parser.add_argument(
+        "--axes",
+        choices=("full", "paper"),
+        default="full",
+        help="Fig. 2 ranges: every curve whole (axis break where needed) or the paper's",
+    )
     args = parser.parse_args(argv)
     try:
-        manifest = make_figures(args.dirs, args.out, samples_seed=args.seed)
+        manifest = make_figures(args.dirs, args.out, samples_seed=args.seed, axes=args.axes)
     except (FiguresError, FileNotFoundError, ValueError) as err:
         print(f"aevb-figures: error: {' '.join(str(err).split())}", file=sys.stderr)
         sys.exit(2)

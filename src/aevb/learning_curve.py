@@ -83,6 +83,8 @@ class LearningCurve(L.Callback):
         self.points: list[dict[str, Any]] = []
         self._next = self.start
         self._data: tuple[Tensor, Tensor] | None = None
+        #: train/test log-likelihood of the fitted model that ignores z (`Likelihood.z_ignored`)
+        self.z_ignored: dict[str, float] | None = None
         self._t0 = time.perf_counter()
         self._elapsed_before = 0.0  # wall time of earlier sessions (resume)
 
@@ -105,6 +107,12 @@ class LearningCurve(L.Callback):
             if getattr(dm, "binarize", "none") == "dynamic":
                 train = binarize_once(train, TRAIN_EVAL_BINARIZATION_SEED)
             self._data = (train, dm.test_images[: self.num_test])
+            reference = trainer.lightning_module.likelihood.z_ignored(dm.train_images)
+            if reference is not None:  # the bound of the best model that ignores z
+                self.z_ignored = {
+                    split: float(reference.log_prob(x.to(reference.mean.device)).mean())
+                    for split, x in zip(("train", "test"), self._data, strict=True)
+                }
         return self._data
 
     @torch.no_grad()
@@ -155,6 +163,7 @@ class LearningCurve(L.Callback):
             "test_points": len(self._data[1]) if self._data is not None else None,
             "points_per_decade": self.per_decade,
             "start": self.start,
+            "z_ignored": self.z_ignored,
         }
         write_json_atomic(self.curve_path(trainer), {**meta, "points": self.points})
 

@@ -7,6 +7,7 @@ registered in LIKELIHOODS.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -37,6 +38,12 @@ class Likelihood(nn.Module):
     def mean(self, params: Tensor) -> Tensor:
         """E[x|z] in image space (what image grids show)."""
         return self(params).mean
+
+    def z_ignored(self, x: Tensor) -> Distribution | None:
+        """The maximum-likelihood p(x) of this family with parameters that do not depend on z,
+        fitted to images x [N, C, H, W]: the best model that ignores z (q(z|x) = p(z), KL = 0),
+        so its log-likelihood is the bound such a VAE reaches. None where no closed form."""
+        return None
 
     def check_data(self, x: Tensor) -> None:
         """Refuse data outside the density's support with a one-line ValueError."""
@@ -69,6 +76,11 @@ class Bernoulli(Likelihood):
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params.squeeze(-4))
+
+    def z_ignored(self, x: Tensor) -> Distribution:
+        """Independent Bernoulli pixels at the mean grey level (dynamic binarization's mean)."""
+        probs = x.mean(0).clamp(1e-6, 1 - 1e-6)
+        return Independent(_Bernoulli(probs=probs, validate_args=False), 3)
 
     def check_data(self, x: Tensor) -> None:
         if not self.allow_nonbinary:
@@ -141,6 +153,23 @@ class _LocationScale(Likelihood):
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params[..., 0, :, :, :])
+
+    def z_ignored(self, x: Tensor) -> Distribution:
+        """Per-pixel ML location (mean, or median for Laplace) and scale (fixed, one global or
+        one per pixel as `scale_mode` allows), scales clamped as the model clamps them."""
+        x = x.double()
+        loc = x.median(0).values if self.family is _Laplace else x.mean(0)
+        dev = (x - loc).abs() if self.family is _Laplace else (x - loc) ** 2  # ML b or sigma^2
+        if self.scale_mode == "fixed":
+            scale = self.log_scale.double().exp().expand_as(loc)
+        else:
+            spread = dev.mean() if self.scale_mode == "global" else dev.mean(0)
+            if self.family is Normal:
+                spread = spread.clamp(math.exp(LOGVAR_MIN), math.exp(LOGVAR_MAX)).sqrt()
+            else:
+                spread = spread.clamp(math.exp(0.5 * LOGVAR_MIN), math.exp(0.5 * LOGVAR_MAX))
+            scale = spread.expand_as(loc)
+        return Independent(self.family(loc, scale, validate_args=False), 3)
 
 
 class Gaussian(_LocationScale):

@@ -1,6 +1,6 @@
 """`aevb-step-size`: choose a recipe's Adagrad step size as the AEVB paper did (section 5).
 
-    aevb-step-size paper_fig2_mnist [--latent-dims 2,3,5,10,20,200] [--data-root ../shared/data]
+    aevb-step-size paper_fig2_mnist data.root=../shared/data [--latent-dims 2,3,5,10,20,200]
 
 "Stepsizes were adapted with Adagrad; the Adagrad global stepsize parameters were chosen from
 {0.01, 0.02, 0.1} based on performance on the training set in the first few iterations." For
@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from aevb.atomic import write_bytes_atomic
 from aevb.learning_curve import CURVE_FILE
 
@@ -42,10 +40,10 @@ PROBE_SAMPLES = 100_000
 PROBE_OVERRIDES = (
     "eval.iw_samples=0",
     "eval.iwae_ks=[]",
-    "~callbacks.reconstructions",
-    "~callbacks.samples",
-    "~callbacks.latent_manifold",
-    "~callbacks.latent_scatter",
+    "callbacks.reconstructions=null",
+    "callbacks.samples=null",
+    "callbacks.latent_manifold=null",
+    "callbacks.latent_scatter=null",
     "trainer.enable_progress_bar=false",
     "resume=auto",
 )
@@ -117,7 +115,7 @@ def score(run_dir: Path, probe: Probe, samples: int) -> Score | None:
 
 
 def run_probe(
-    recipe: str, probe: Probe, out: Path, samples: int, data_root: str, threads: int
+    recipe: str, probe: Probe, out: Path, samples: int, overrides: Sequence[str], threads: int
 ) -> Score:
     """Train one probe (skipped when already finished) and score it."""
     run_dir = out / probe.name
@@ -128,8 +126,8 @@ def run_probe(
     cmd = [
         sys.executable, "-m", "aevb.train", f"+experiment={recipe}",
         f"model.algorithm={probe.algorithm}", f"model.latent_dim={probe.latent_dim}",
-        f"optim.lr={probe.lr}", f"budget_samples={samples}", f"data.root={data_root}",
-        *PROBE_OVERRIDES, f"hydra.run.dir={run_dir}",
+        f"optim.lr={probe.lr}", f"budget_samples={samples}", *PROBE_OVERRIDES, *overrides,
+        f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with (run_dir / "probe.log").open("ab") as log:
@@ -201,10 +199,12 @@ def to_markdown(data: str, samples: int, scores: Sequence[Score], chosen: dict) 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="aevb-step-size", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="a Fig. 2 recipe: paper_fig2_mnist or paper_fig2_frey")
+    parser.add_argument(
+        "overrides", nargs="*", help="aevb-train overrides for every probe, e.g. data.root=DIR"
+    )
     parser.add_argument("--lrs", default=",".join(f"{v:g}" for v in PAPER_STEP_SIZES))
     parser.add_argument("--latent-dims", help="comma-separated Nz (default: the recipe's sweep)")
     parser.add_argument("--probe-samples", type=int, default=PROBE_SAMPLES)
-    parser.add_argument("--data-root", default="data")
     parser.add_argument("--out", default="outputs/step_size", help="probe run dirs go below")
     parser.add_argument("--jobs", type=int, default=2, help="probes at a time (one thread each)")
     parser.add_argument("--conf", default=None, help="where to write step_size_<data>.yaml")
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         with ThreadPoolExecutor(args.jobs) as pool:
             scores = list(pool.map(
-                lambda p: run_probe(args.recipe, p, out, args.probe_samples, args.data_root,
+                lambda p: run_probe(args.recipe, p, out, args.probe_samples, args.overrides,
                                     threads),
                 probes,
             ))  # fmt: skip
