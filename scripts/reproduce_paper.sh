@@ -1,18 +1,40 @@
 #!/usr/bin/env bash
-# The reduced-budget reproduction of the paper's Figures 2, 4 and 5 (docs/reproduction.md):
-# every Fig. 2 point (MNIST Nz in {3,5,10,20,200}, Frey Face Nz in {2,5,10,20}, AEVB and
-# wake-sleep) plus MNIST Nz = 2 (Fig. 4/5) at BUDGET training samples, as single runs under
-# OUT, JOBS at a time with one thread each (longest first), then the figures into docs/figures.
+# The reproduction of the paper's Figures 2, 4 and 5 (docs/reproduction.md): every Fig. 2 point
+# (MNIST Nz in {3,5,10,20,200}, Frey Face Nz in {2,5,10,20}, AEVB and wake-sleep) plus MNIST
+# Nz = 2 (Figs. 4/5) at BUDGET training samples (default: the paper's 10^8), each with the step
+# size aevb-step-size chose for its (data, algorithm, Nz) (conf/experiment/paper/step_size_*.yaml),
+# as single runs under OUT, JOBS at a time with one thread each at low priority (longest first);
+# then the committable copies and the figures (the `sync` step below).
 # Each run dir is self-contained; aevb-figures combines whatever runs exist. Re-running the
 # script skips completed runs (in OUT or already copied to docs/reproduction/runs) and resumes
-# interrupted ones from their last.ckpt (resume=auto), so the reproduction can be done piecemeal.
+# interrupted ones from their last.ckpt (resume=auto), so the reproduction can be done piecemeal,
+# across sessions.
 #   scripts/reproduce_paper.sh [DATA_ROOT] [BUDGET] [OUT] [JOBS]
+#   scripts/reproduce_paper.sh --sync [OUT]     copies + figures of the runs so far (partial too)
 set -euo pipefail
+sync_only=false
+if [ "${1:-}" = "--sync" ]; then sync_only=true; shift; out=${1:-outputs/reproduction}; fi
 root=${1:-../shared/data}
-budget=${2:-10000000}
-out=${3:-outputs/reproduction}
+budget=${2:-100000000}
+out=${out:-${3:-outputs/reproduction}}
 jobs=${4:-2}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # 2 jobs x 1 thread beat 1 job x 2 threads by 1.5x
+
+sync() {
+    # Committable copies of each run's curve, config and metrics (a few kB): Fig. 2 and the
+    # summary redraw from them on a machine without the run dirs (Figs. 4 and 5 need checkpoints).
+    for run in "$out"/*/; do
+        [ -f "$run/learning_curve.json" ] || continue
+        dest=docs/reproduction/runs/$(basename "$run")
+        mkdir -p "$dest/.hydra"
+        cp "$run/.hydra/config.yaml" "$dest/.hydra/"
+        cp "$run/learning_curve.json" "$dest/"
+        if [ -f "$run/metrics.json" ]; then cp "$run/metrics.json" "$dest/"; else rm -f "$dest/metrics.json"; fi
+    done
+    aevb-figures "$out" docs/reproduction/runs --out docs/figures
+}
+if $sync_only; then sync; exit 0; fi
+
 mkdir -p "$out/logs"
 {
     for alg in aevb wake_sleep; do echo "mnist 200 $alg"; done
@@ -26,18 +48,8 @@ mkdir -p "$out/logs"
                 != \"completed\" or m[\"samples_seen\"] < int(sys.argv[2]))" $m '"$budget"' 2>/dev/null
         then echo "skip $name (completed in $m)"; exit 0; fi
     done
-    aevb-train +experiment=paper_fig2_$0 model.latent_dim=$1 model.algorithm=$2 \
+    nice -n 19 aevb-train +experiment=paper_fig2_$0 model.latent_dim=$1 model.algorithm=$2 \
         data.root='"$root"' budget_samples='"$budget"' trainer.enable_progress_bar=false resume=auto \
         hydra.run.dir='"$out"'/$name >> '"$out"'/logs/$name.log 2>&1 \
         && echo "done $name" || echo "FAILED $name (see '"$out"'/logs/$name.log)"'
-# Committable copies of each run's curve, config and metrics (a few kB): Fig. 2 and the summary
-# redraw from them on a machine without the run dirs (Fig. 4 and 5 need the checkpoints).
-for run in "$out"/*/; do
-    [ -f "$run/learning_curve.json" ] || continue
-    dest=docs/reproduction/runs/$(basename "$run")
-    mkdir -p "$dest/.hydra"
-    cp "$run/.hydra/config.yaml" "$dest/.hydra/"
-    cp "$run/learning_curve.json" "$dest/"
-    if [ -f "$run/metrics.json" ]; then cp "$run/metrics.json" "$dest/"; fi
-done
-aevb-figures "$out" docs/reproduction/runs --out docs/figures
+sync

@@ -154,3 +154,18 @@ def test_summary_takes_bound_and_nll_from_the_final_weights(tmp_path: Path) -> N
     assert "| -150.0 | -151.0 | 149.0 |" in rows[0]
     assert "| -150.0 | -151.0 | 148.0 |" in rows[1]
     assert "| -150.0 | -151.0 | - |" in rows[2]  # never the best checkpoint's NLL beside L
+
+
+def test_summary_says_how_long_a_run_sat_on_the_z_ignored_bound(tmp_path: Path) -> None:
+    from aevb.figures import z_ignored_span
+
+    ref = {"train": 576.0, "test": 580.0}
+    values = [300.0, 575.5, 576.4, 575.9, 600.0, 576.0, 700.0]  # 1e4..1e6 on it, then once more
+    ws = RunInfo(tmp_path, "frey_face", 2, "wake_sleep", _curve(values, offset=0.0), z_ignored=ref)
+    assert z_ignored_span(ws) == (10**4, 10**6)
+    aevb = RunInfo(tmp_path, "frey_face", 2, "aevb", _curve([300.0, 700.0]), z_ignored=ref)
+    assert z_ignored_span(aevb) is None
+    rows = summary_table({("frey_face", 2, "aevb"): aevb, ("frey_face", 2, "wake_sleep"): ws})
+    assert rows.splitlines()[0].endswith("| on the z-ignored bound |")
+    assert rows.splitlines()[2].endswith("| never |")
+    assert rows.splitlines()[3].endswith("| 1.0e+04–1.0e+06 |")

@@ -347,13 +347,17 @@ def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
     else `test/nll`), the wall time (the longer of metrics.json's, which covers the last session
     only, and the curve's, which adds up resumed sessions) and the status (`running` while there
     is no metrics.json)."""
+    plateau = any(r.z_ignored for r in runs.values())  # a column only where it was recorded
     lines = [
-        "| data | Nz | algorithm | samples | train L | test L | test NLL (IW) | wall | status |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data | Nz | algorithm | samples | train L | test L | test NLL (IW) | wall | status |"
+        + (" on the z-ignored bound |" if plateau else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if plateau else ""),
     ]
     for (data, nz, algo), run in sorted(runs.items()):
         if not run.curve:
             continue
+        on = z_ignored_span(run)
+        stay = "never" if on is None else f"{on[0]:.1e}–{on[1]:.1e}"
         last = run.curve[-1]
         m = run.metrics
         nll = m.get("test_final/nll", m.get("test/nll") if m.get("final_is_best", True) else None)
@@ -365,8 +369,30 @@ def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
             f"| {f'{nll:.1f}' if isinstance(nll, float) else '-'} "
             f"| {f'{wall / 60:.1f} min' if isinstance(wall, int | float) else '-'} "
             f"| {m.get('status', 'running')} |"
+            + (f" {stay if run.z_ignored else '-'} |" if plateau else "")
         )
     return "\n".join(lines) + "\n"
+
+
+#: how close (nats) the training bound must be to the z-ignored model's to count as sitting on it
+Z_IGNORED_TOLERANCE = 1.0
+
+
+def z_ignored_span(run: RunInfo) -> tuple[int, int] | None:
+    """First and last curve points of the longest stretch where the training bound is within
+    Z_IGNORED_TOLERANCE of the bound of the fitted model that ignores z; None if never."""
+    if not run.z_ignored:
+        return None
+    ref, best, start = run.z_ignored["train"], None, None
+    for i, p in enumerate(run.curve + [None]):
+        if p is not None and abs(p["train_elbo"] - ref) <= Z_IGNORED_TOLERANCE:
+            start = i if start is None else start
+        elif start is not None:
+            span = (run.curve[start]["samples"], run.curve[i - 1]["samples"])
+            if best is None or span[1] / span[0] > best[1] / best[0]:
+                best = span
+            start = None
+    return best
 
 
 def make_figures(
