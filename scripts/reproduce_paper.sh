@@ -3,7 +3,7 @@
 # (MNIST Nz in {3,5,10,20,200}, Frey Face Nz in {2,5,10,20}, AEVB and wake-sleep) plus MNIST
 # Nz = 2 (Figs. 4/5) at BUDGET training samples (default: the paper's 10^8), each with the step
 # size aevb-step-size chose for its (data, algorithm, Nz) (conf/experiment/paper/step_size_*.yaml),
-# as single runs under OUT, JOBS at a time with one thread each at low priority (longest first);
+# as single runs under OUT, JOBS at a time with one thread each at low priority (Frey Face first, then MNIST longest first);
 # then the committable copies and the figures (the `sync` step below).
 # Each run dir is self-contained; aevb-figures combines whatever runs exist. Re-running the
 # script skips completed runs (in OUT or already copied to docs/reproduction/runs) and resumes
@@ -37,9 +37,11 @@ if $sync_only; then sync; exit 0; fi
 
 mkdir -p "$out/logs"
 {
+    # Frey Face first (about 2 h per run on one core, so a 3-hour session banks finished runs),
+    # then MNIST longest first (3-4 h per run).
+    for nz in 20 10 5 2; do for alg in aevb wake_sleep; do echo "frey $nz $alg"; done; done
     for alg in aevb wake_sleep; do echo "mnist 200 $alg"; done
     for nz in 20 10 5 3; do for alg in aevb wake_sleep; do echo "mnist $nz $alg"; done; done
-    for nz in 20 10 5 2; do for alg in aevb wake_sleep; do echo "frey $nz $alg"; done; done
     echo "mnist 2 aevb"   # Fig. 4 / Fig. 5 only: last, so the Fig. 2 runs finish first
 } | xargs -P "$jobs" -L 1 sh -c '
     name=$0_nz$1_$2
