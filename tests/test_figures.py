@@ -86,7 +86,10 @@ def test_curves_come_from_learning_curve_json(sweep: Path) -> None:
     assert isinstance(load_run(ws.path).model, WakeSleep)  # aevb-eval/load_run know the class
     table = summary_table({(r.data, r.latent_dim, r.algorithm): r for r in runs})
     assert table.splitlines()[2].startswith("| Frey Face | 2 | AEVB | 4.00e+02 |")
-    assert all(line.endswith("| completed |") for line in table.splitlines()[2:])
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    status = header.index("status")
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table.splitlines()[2:]]
+    assert [row[status] for row in rows] == ["completed"] * 4
 
 
 def test_summary_wall_time_counts_resumed_sessions(tmp_path: Path) -> None:
