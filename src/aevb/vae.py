@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
-from aevb import metrics
+from aevb import lr_schedules, metrics
 from aevb.likelihoods import build_likelihood
 from aevb.networks import build_networks, init_normal_
 
@@ -66,6 +66,7 @@ class VAE(L.LightningModule):
         free_bits: per-dimension KL floor lambda in nats (Kingma et al. 2016): the loss uses
             sum_d max(lambda, batch-mean KL_d); 0 turns it off. */elbo is unaffected.
         optim: `{"name": adam|adagrad|sgd, "lr": ..., "weight_decay": ..., **kwargs}`.
+        lr_schedule: `{"name", "interval", **keys}` for `aevb.lr_schedules`; None: constant lr.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class VAE(L.LightningModule):
         kl_cycle_steps: int = 0,
         free_bits: float = 0.0,
         optim: dict[str, Any] | None = None,
+        lr_schedule: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -361,9 +363,20 @@ class VAE(L.LightningModule):
         if first is not None:
             self.likelihood.check_data(first[:1000])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         cfg = dict(self.hparams.optim or {"name": "adam", "lr": 1e-3})
         name = cfg.pop("name")
         if name not in OPTIMIZERS:
             raise ValueError(f"optim.name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
-        return OPTIMIZERS[name](self.parameters(), **cfg)
+        optimizer = OPTIMIZERS[name](self.parameters(), **cfg)
+        spec = self.hparams.get("lr_schedule")  # absent from checkpoints older than schedules
+        if not spec or spec["name"] == "none":
+            return optimizer
+        scheduler = lr_schedules.lightning_scheduler(optimizer, spec, self.trainer)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Log the scheduled learning rate of this step as `train/lr` (constant lr: not logged)."""
+        if self.trainer.lr_scheduler_configs and batch_idx % self.trainer.log_every_n_steps == 0:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self._log_direct({lr_schedules.LR_TAG: lr})
