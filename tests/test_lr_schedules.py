@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from types import SimpleNamespace
 
@@ -37,12 +38,11 @@ def _lrs(scheduler, optimizer, n: int, metrics: list[float] | None = None) -> li
     return out
 
 
-def _trainer(steps: int = 8, batches: int = 4, val_every: int = 1) -> SimpleNamespace:
+def _trainer(steps: int = 8, batches: int = 4) -> SimpleNamespace:
     return SimpleNamespace(
         estimated_stepping_batches=steps,
         num_training_batches=batches,
         accumulate_grad_batches=1,
-        check_val_every_n_epoch=val_every,
     )
 
 
@@ -85,11 +85,14 @@ def test_plateau_reduces_after_patience_validations_without_improvement() -> Non
     # improvement = val/elbo > best + 0.5 nats; -98.6 is not one after -99
     elbo = [-100.0, -99.0, -98.6, -98.9, -90.0, -90.0, -89.8, -89.7]
     assert _lrs(sched, opt, 8, elbo) == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
-    config = lightning_scheduler(
-        opt, {"name": "plateau", "interval": "epoch"}, _trainer(val_every=5)
-    )
+    config = lightning_scheduler(opt, {"name": "plateau", "interval": "epoch"}, _trainer())
     assert config["monitor"] == "val/elbo" and config["scheduler"].mode == "max"
-    assert config["frequency"] == 5 and config["strict"]  # steps only after a validation
+    # stepped by the module after each validation (step_plateau), never by Lightning
+    model = VAE(latent_dim=2, hidden_dims=(8,))
+    model.lr_scheduler_step(config["scheduler"], -1.0)
+    assert config["scheduler"].state_dict()["last_epoch"] == 0
+    lr_schedules.step_plateau([SimpleNamespace(scheduler=config["scheduler"])], -1.0)
+    assert config["scheduler"].state_dict()["last_epoch"] == 1
 
 
 def test_none_keeps_the_bare_optimizer() -> None:
@@ -193,7 +196,7 @@ def test_resumed_scheduled_run_matches_the_uninterrupted_run(data_root, tmp_path
     common += ["eval.iwae_ks=[]", "~callbacks.latent_scatter", "~callbacks.latent_manifold"]
     common += ["~callbacks.reconstructions", "~callbacks.samples", "trainer.log_every_n_steps=5"]
     common += RESUMED[case]
-    env = {"PYTHONPATH": str(REPO)}
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}  # tests.faults
     full = run_cli([*common, f"hydra.run.dir={tmp_path}/full"], tmp_path, env=env)
     assert full.returncode == 0, full.stderr[-2000:]
     kill = ["+callbacks.fault._target_=tests.faults.KillAt", "+callbacks.fault.at_step=15"]

@@ -10,7 +10,7 @@ completed so far:
     iwae         f(t) = 10^(-i/7) for sum_{j<i} 3^j <= t < sum_{j<=i} 3^j, i = 0 .. stages - 1
                  (Burda et al. 2016: 3^i epochs at 1e-3 * 10^(-i/7); 8 stages = 3,280 epochs)
     plateau      f multiplied by `factor` once val/elbo has not improved for `patience`
-                 validations (ReduceLROnPlateau, mode max)
+                 validations (ReduceLROnPlateau, mode max; stepped after every validation)
 
 `LR_SCHEDULES` maps each name to its builder; the keyword arguments of a builder are the keys
 its `conf/lr_schedule/<name>.yaml` may hold (checked by `aevb.config.LRScheduleConfig`). The
@@ -148,8 +148,8 @@ def lightning_scheduler(
 ) -> dict[str, Any] | None:
     """Lightning's `lr_scheduler` config for `spec` = {"name", "interval", **keys}, or None.
 
-    cosine's t_max = null becomes the run's length; plateau steps after each validation
-    (frequency = trainer.check_val_every_n_epoch), so it never reads a stale val/elbo.
+    cosine's t_max = null becomes the run's length; plateau is stepped after each validation
+    by `step_plateau`, so `frequency` does not apply to it.
     """
     keys = dict(spec)
     name, interval = keys.pop("name"), keys.pop("interval", "epoch")
@@ -159,7 +159,24 @@ def lightning_scheduler(
     if scheduler is None:
         return None
     config: dict[str, Any] = {"scheduler": scheduler, "interval": interval, "name": LR_TAG}
-    if isinstance(scheduler, ReduceLROnPlateau):
-        every = trainer.check_val_every_n_epoch or 1
-        config.update(monitor=PLATEAU_MONITOR, frequency=every, strict=True)
+    if is_plateau(scheduler):  # Lightning requires a monitor; the module steps it (step_plateau)
+        config.update(monitor=PLATEAU_MONITOR, strict=False)
     return config
+
+
+def is_plateau(scheduler: object) -> bool:
+    """Whether the scheduler follows val/elbo (stepped by `step_plateau`, not by Lightning)."""
+    return isinstance(scheduler, ReduceLROnPlateau)
+
+
+def step_plateau(configs: Sequence[Any], val_elbo: float) -> None:
+    """Step each ReduceLROnPlateau of Lightning's `trainer.lr_scheduler_configs` with this
+    validation's val/elbo.
+
+    Called from the module's on_validation_epoch_end, i.e. before ModelCheckpoint saves in
+    on_validation_end: the checkpoint then holds the stepped state. Lightning itself would step
+    after that save and skip the step when resuming, so a resumed run would miss one update.
+    """
+    for config in configs:
+        if is_plateau(config.scheduler):
+            config.scheduler.step(val_elbo)

@@ -216,19 +216,16 @@ class VAE(L.LightningModule):
         else:
             self._epoch_sums[prefix] = values
 
-    def _log_epoch(self, prefix: str) -> None:
+    def _log_epoch(self, prefix: str) -> dict[str, Tensor] | None:
         """Log `{prefix}/{elbo,recon,kl,loss}` as exact means over every rank's datapoints."""
         sums = self._epoch_sums.pop(prefix, None)
         if sums is None:
-            return
+            return None
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # all ranks (DDP)
         means = sums[:-1] / sums[-1]
-        self.log_dict(
-            {f"{prefix}/{name}": v for name, v in zip(LOGGED_TERMS, means, strict=True)},
-            on_step=False,
-            on_epoch=True,
-            sync_dist=False,  # already reduced
-        )
+        values = {f"{prefix}/{name}": v for name, v in zip(LOGGED_TERMS, means, strict=True)}
+        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)  # already reduced
+        return values
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         self.samples_seen += batch[0].shape[0] * self.trainer.world_size
@@ -275,7 +272,10 @@ class VAE(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_val_kl_per_dim()
-        self._log_epoch("val")
+        values = self._log_epoch("val")
+        if values is not None and not self.trainer.sanity_checking:
+            elbo = float(values[lr_schedules.PLATEAU_MONITOR])
+            lr_schedules.step_plateau(self.trainer.lr_scheduler_configs, elbo)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_prefix)
@@ -374,6 +374,10 @@ class VAE(L.LightningModule):
             return optimizer
         scheduler = lr_schedules.lightning_scheduler(optimizer, spec, self.trainer)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if not lr_schedules.is_plateau(scheduler):  # plateau: stepped by on_validation_epoch_end
+            super().lr_scheduler_step(scheduler, metric)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         """Log the scheduled learning rate of this step as `train/lr` (constant lr: not logged)."""
