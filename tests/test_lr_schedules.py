@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -123,6 +124,11 @@ def test_every_schedule_config_composes_and_builds(name: str) -> None:
     torch.save(state, buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True) == state  # safe checkpoint loading
+
+
+def test_every_registered_schedule_has_a_config_file_and_back() -> None:
+    files = {p.stem for p in (Path(train.config_dir()) / "lr_schedule").glob("*.yaml")}
+    assert files == set(LR_SCHEDULES)
 
 
 def test_old_run_configs_without_the_group_mean_none() -> None:
