@@ -27,6 +27,7 @@ from itertools import accumulate
 from typing import Any
 
 import lightning as L
+from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
     CosineAnnealingLR,
@@ -169,7 +170,7 @@ def is_plateau(scheduler: object) -> bool:
     return isinstance(scheduler, ReduceLROnPlateau)
 
 
-def step_plateau(configs: Sequence[Any], val_elbo: float) -> None:
+def step_plateau(configs: Sequence[Any], val_elbo: float | Tensor) -> None:
     """Step each ReduceLROnPlateau of Lightning's `trainer.lr_scheduler_configs` with this
     validation's val/elbo.
 
@@ -179,4 +180,4 @@ def step_plateau(configs: Sequence[Any], val_elbo: float) -> None:
     """
     for config in configs:
         if is_plateau(config.scheduler):
-            config.scheduler.step(val_elbo)
+            config.scheduler.step(float(val_elbo))

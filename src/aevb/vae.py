@@ -274,8 +274,8 @@ class VAE(L.LightningModule):
         self._log_val_kl_per_dim()
         values = self._log_epoch("val")
         if values is not None and not self.trainer.sanity_checking:
-            elbo = float(values[lr_schedules.PLATEAU_MONITOR])
-            lr_schedules.step_plateau(self.trainer.lr_scheduler_configs, elbo)
+            val_elbo = values[lr_schedules.PLATEAU_MONITOR]
+            lr_schedules.step_plateau(self.trainer.lr_scheduler_configs, val_elbo)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_prefix)
