@@ -14,8 +14,9 @@ completed so far:
 
 `LR_SCHEDULES` maps each name to its builder; the keyword arguments of a builder are the keys
 its `conf/lr_schedule/<name>.yaml` may hold (checked by `aevb.config.LRScheduleConfig`). The
-schedulers' state dicts hold only numbers, lists and dicts, so Lightning saves them in
-checkpoints and a resumed run continues the schedule exactly.
+schedulers' state dicts hold only numbers, lists and dicts (MultiStepLR's milestones: a
+collections.Counter), all of which `torch.load(..., weights_only=True)` reads; Lightning saves
+them in checkpoints and a resumed run continues the schedule exactly.
 """
 
 from __future__ import annotations
