@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aevb.data import BINARIZE, SOURCES
 from aevb.likelihoods import LIKELIHOODS, build_likelihood
+from aevb.lr_schedules import EPOCH_ONLY, INTERVALS, LR_SCHEDULES, schedule_keys
 from aevb.metrics import KL_ESTIMATORS
 from aevb.networks import ACTIVATIONS, ARCHITECTURES
 from aevb.vae import OPTIMIZERS, EvaluationSettings
@@ -207,6 +208,56 @@ class OptimConfig:
         return {"name": self.name, "lr": self.lr, "weight_decay": wd, **self.extra}
 
 
+def _is_milestones(v: Any) -> bool:
+    ok = isinstance(v, list) and len(v) > 0 and all(_is_int(m) and m >= 1 for m in v)
+    return ok and all(a < b for a, b in zip(v, v[1:], strict=False))
+
+
+#: lr_schedule keys (the builders' keyword arguments): what each may hold
+_SCHEDULE_RULES: dict[str, tuple[Any, str]] = {
+    "milestones": (_is_milestones, "a non-empty increasing list of integers >= 1"),
+    "gamma": (lambda v: _is_real(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "t_max": (lambda v: v is None or (_is_int(v) and v >= 1), "null (the run) or an integer >= 1"),
+    "eta_min": (lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    "stages": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "factor": (lambda v: _is_real(v) and 0 < v < 1, "a number in (0, 1)"),
+    "patience": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "threshold": (lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+    "threshold_mode": (lambda v: v in ("rel", "abs"), "one of ['abs', 'rel']"),
+    "cooldown": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "min_lr": (lambda v: _is_real(v) and v >= 0, "a finite number >= 0"),
+}
+
+
+@dataclass(frozen=True)
+class LRScheduleConfig:
+    """`lr_schedule`: lr_t = optim.lr * f(t), t counted in `interval`s (epoch | step); the
+    other keys are the keyword arguments of the builder `aevb.lr_schedules.LR_SCHEDULES[name]`."""
+
+    name: str = "none"
+    interval: str = "epoch"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice(self.name, "lr_schedule.name", LR_SCHEDULES)
+        intervals = ("epoch",) if self.name in EPOCH_ONLY else INTERVALS
+        _choice(self.interval, "lr_schedule.interval", intervals)
+        keys = schedule_keys(self.name)
+        for key, value in self.extra.items():
+            allowed = f"one of the keys of lr_schedule={self.name} {sorted(keys)}"
+            _require(key in keys, f"lr_schedule.{key}", allowed, "unknown key")
+            ok, allowed = _SCHEDULE_RULES[key]
+            _require(ok(value), f"lr_schedule.{key}", allowed, value)
+        for key, required in keys.items():
+            _require(not required or key in self.extra, f"lr_schedule.{key}", "set", "missing")
+
+    def kwargs(self) -> dict[str, Any] | None:
+        """`VAE(lr_schedule=...)`: {"name", "interval", **keys}, or None for a constant lr."""
+        if self.name == "none":
+            return None
+        return {"name": self.name, "interval": self.interval, **self.extra}
+
+
 @dataclass(frozen=True)
 class LikelihoodConfig:
     name: str
@@ -286,6 +337,7 @@ class Settings:
     likelihood: LikelihoodConfig
     optim: OptimConfig
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
 
     @classmethod
     def from_cfg(cls, cfg: DictConfig) -> Settings:
@@ -319,6 +371,11 @@ class Settings:
             likelihood=likelihood,
             optim=_build(OptimConfig, "optim", group("optim")),
             eval=_build(EvalConfig, "eval", group("eval")) if "eval" in cfg else EvalConfig(),
+            lr_schedule=(  # absent from the configs of runs made before the group existed
+                _build(LRScheduleConfig, "lr_schedule", group("lr_schedule"))
+                if "lr_schedule" in cfg
+                else LRScheduleConfig()
+            ),
         )
 
     def datamodule_kwargs(self) -> dict[str, Any]:
@@ -334,6 +391,7 @@ class Settings:
             **model,
             "likelihood": self.likelihood.kwargs(),
             "optim": self.optim.kwargs(num_train),
+            "lr_schedule": self.lr_schedule.kwargs(),
         }
 
     def hparams(self) -> dict[str, Any]:
@@ -349,6 +407,7 @@ class Settings:
             "lr": self.optim.lr,
             "weight_decay": self.optim.weight_decay,
             "prior_std": self.optim.prior_std,
+            "lr_schedule": self.lr_schedule.name,
         }
         flat.update({k: v for k, v in dataclasses.asdict(self.model).items() if k != "hidden_dims"})
         flat["hidden_dims"] = "-".join(map(str, self.model.hidden_dims))

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
-from aevb import metrics
+from aevb import lr_schedules, metrics
 from aevb.likelihoods import build_likelihood
 from aevb.networks import build_networks, init_normal_
 
@@ -66,6 +66,7 @@ class VAE(L.LightningModule):
         free_bits: per-dimension KL floor lambda in nats (Kingma et al. 2016): the loss uses
             sum_d max(lambda, batch-mean KL_d); 0 turns it off. */elbo is unaffected.
         optim: `{"name": adam|adagrad|sgd, "lr": ..., "weight_decay": ..., **kwargs}`.
+        lr_schedule: `{"name", "interval", **keys}` for `aevb.lr_schedules`; None: constant lr.
     """
 
     def __init__(
@@ -85,6 +86,7 @@ class VAE(L.LightningModule):
         kl_cycle_steps: int = 0,
         free_bits: float = 0.0,
         optim: dict[str, Any] | None = None,
+        lr_schedule: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -214,19 +216,16 @@ class VAE(L.LightningModule):
         else:
             self._epoch_sums[prefix] = values
 
-    def _log_epoch(self, prefix: str) -> None:
+    def _log_epoch(self, prefix: str) -> dict[str, Tensor] | None:
         """Log `{prefix}/{elbo,recon,kl,loss}` as exact means over every rank's datapoints."""
         sums = self._epoch_sums.pop(prefix, None)
         if sums is None:
-            return
+            return None
         sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # all ranks (DDP)
         means = sums[:-1] / sums[-1]
-        self.log_dict(
-            {f"{prefix}/{name}": v for name, v in zip(LOGGED_TERMS, means, strict=True)},
-            on_step=False,
-            on_epoch=True,
-            sync_dist=False,  # already reduced
-        )
+        values = {f"{prefix}/{name}": v for name, v in zip(LOGGED_TERMS, means, strict=True)}
+        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)  # already reduced
+        return values
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         self.samples_seen += batch[0].shape[0] * self.trainer.world_size
@@ -273,7 +272,10 @@ class VAE(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_val_kl_per_dim()
-        self._log_epoch("val")
+        values = self._log_epoch("val")
+        if values is not None and not self.trainer.sanity_checking:
+            val_elbo = values[lr_schedules.PLATEAU_MONITOR]
+            lr_schedules.step_plateau(self.trainer.lr_scheduler_configs, val_elbo)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_prefix)
@@ -361,9 +363,24 @@ class VAE(L.LightningModule):
         if first is not None:
             self.likelihood.check_data(first[:1000])
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         cfg = dict(self.hparams.optim or {"name": "adam", "lr": 1e-3})
         name = cfg.pop("name")
         if name not in OPTIMIZERS:
             raise ValueError(f"optim.name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
-        return OPTIMIZERS[name](self.parameters(), **cfg)
+        optimizer = OPTIMIZERS[name](self.parameters(), **cfg)
+        spec = self.hparams.get("lr_schedule")  # absent from checkpoints older than schedules
+        if not spec or spec["name"] == "none":
+            return optimizer
+        scheduler = lr_schedules.lightning_scheduler(optimizer, spec, self.trainer)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if not lr_schedules.is_plateau(scheduler):  # plateau: stepped by on_validation_epoch_end
+            super().lr_scheduler_step(scheduler, metric)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Log the scheduled learning rate of this step as `train/lr` (constant lr: not logged)."""
+        if self.trainer.lr_scheduler_configs and batch_idx % self.trainer.log_every_n_steps == 0:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self._log_direct({lr_schedules.LR_TAG: lr})
