@@ -128,6 +128,7 @@ class MonteCarloEM(L.LightningModule):
         self.test_prefix = "test"
         self._sums: dict[str, Tensor] = {}
         self._epoch_rows: tuple[int, Tensor] | None = None
+        self._epoch_position = 0
 
     # ----- probabilistic API (as the VAE's, less the encoder) -----------------------------
     @property
@@ -156,8 +157,9 @@ class MonteCarloEM(L.LightningModule):
         return metrics.AppendixD()(x, self.decode, self.prior, generator)
 
     # ----- E-step ---------------------------------------------------------------------------
-    def _rows(self, batch_idx: int, n: int) -> Tensor:
-        """The training-set rows of this minibatch, from the loader's own epoch permutation."""
+    def _rows(self, n: int) -> Tensor:
+        """The training-set rows of the epoch's next minibatch of n, from the loader's own
+        permutation (its batches are consecutive slices of it, from the first on every iter)."""
         loader = self.trainer.train_dataloader
         sampler = getattr(loader, "sampler", None)
         if not hasattr(sampler, "indices"):
@@ -168,7 +170,8 @@ class MonteCarloEM(L.LightningModule):
         epoch = self.trainer.current_epoch
         if self._epoch_rows is None or self._epoch_rows[0] != epoch:
             self._epoch_rows = (epoch, sampler.indices().to(self.chain_z.device))
-        start = batch_idx * loader.batch_size
+        start = self._epoch_position
+        self._epoch_position += n
         return self._epoch_rows[1][start : start + n]
 
     def e_step(self, x: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -214,7 +217,7 @@ class MonteCarloEM(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x = batch[0]
         self.samples_seen += x.shape[0] * self.trainer.world_size
-        rows = self._rows(batch_idx, len(x)) if self.hparams.persistent else None
+        rows = self._rows(len(x)) if self.hparams.persistent else None
         z, accept, step = self.e_step(x, rows)
         opt = self.optimizers()
         for i in range(self.hparams.updates):  # M-step on the acquired samples
@@ -272,6 +275,9 @@ class MonteCarloEM(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch[0], self.test_prefix, "nll_hmc", -1.0)
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_position = 0
 
     def on_train_epoch_end(self) -> None:
         self._log("train")
