@@ -196,7 +196,7 @@ class MCEMConfig:
 
     leapfrog_steps, target_accept: of each HMC proposal (Appendix E: 10, 0.9); step_size: the
     first chains' leapfrog step; adapt_rate: kappa of log eps += kappa (acceptance - target);
-    proposals: per visit of a datapoint; burn_in: proposals of a chain's first visit; updates:
+    proposals: per visit of a datapoint; burn_in: extra proposals on a chain's first visit; updates:
     optimiser steps per minibatch (Appendix E: 5); persistent: chains continue across visits;
     candidates: prior draws a new chain starts from the best of; eval_points: val/test images
     of the Appendix D estimate MCEM logs (it has no bound).

@@ -17,7 +17,7 @@ Choices where the paper is silent (docs/reproduction.md, Figure 3):
   (one new proposal per visit, like a persistent-chain E-step). Restarting chains every visit
   would need a burn-in per minibatch (10-20x the cost) for the same samples.
 - **First visit**: the chain starts at the best of `candidates` prior draws by log p(x, z)
-  (`aevb.metrics.posterior_start`) and runs `burn_in` adapting proposals; its step size starts
+  (`aevb.metrics.posterior_start`) and runs `burn_in` extra proposals; its step size starts
   at the mean of the chains already running (`step_size` before any).
 - **Tuning rule**: a Robbins-Monro step on log eps per proposal, never frozen: theta moves, so
   the posterior's scale keeps changing. The chain is therefore not an exact MCMC kernel while
@@ -68,7 +68,7 @@ class MonteCarloEM(L.LightningModule):
         step_size: leapfrog step size of the first chains.
         adapt_rate: kappa of log eps += kappa * (acceptance - target) after every proposal.
         proposals: HMC proposals per visit of a datapoint (the paper: one 10-step trajectory).
-        burn_in: proposals of a chain's first visit (all visits if not persistent).
+        burn_in: extra proposals on a chain's first visit (every visit if not persistent).
         updates: optimiser steps per minibatch on the acquired samples (Appendix E: 5).
         persistent: keep each datapoint's chain between visits (needs aevb's ImageDataModule).
         candidates: prior draws a new chain starts from the best of.
@@ -201,7 +201,7 @@ class MonteCarloEM(L.LightningModule):
         hmc = HMC(log_joint, hp.leapfrog_steps, hp.target_accept, self.generator)
         chains = hmc.init(z, log_eps.exp())
         accepted = torch.zeros_like(log_eps)
-        steps = hp.burn_in if bool(fresh.any()) else hp.proposals
+        steps = hp.proposals + (hp.burn_in if bool(fresh.any()) else 0)
         for _ in range(steps):
             chains, accept_prob = hmc.step(chains)
             log_eps = log_eps + hp.adapt_rate * (accept_prob - hp.target_accept)
