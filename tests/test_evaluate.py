@@ -71,3 +71,29 @@ def test_bad_input_is_one_line_and_exit_2(run_dir, args, needle, capsys) -> None
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and err.startswith("aevb-eval: error:") and needle in err
     assert "\n" not in err
+
+
+def test_aevb_eval_marginal_hmc_adds_the_appendix_d_estimate(run_dir) -> None:
+    import torch
+
+    from aevb.runs import load_run
+
+    record = evaluate.evaluate(run_dir, ["eval.iw_samples=0", "eval.iwae_ks=[]",
+                                         "eval.marginal=hmc", "eval.hmc_points=10"])  # fmt: skip
+    assert record["hmc_points"] == 10 and record["eval"]["marginal"] == "hmc"
+    # the same 10 test images by importance sampling with k = 20000 (a lower bound of log p(x),
+    # tight with Nz = 2): the Appendix D estimate agrees to a fraction of a nat
+    run = load_run(run_dir)
+    run.datamodule.setup("test")
+    x = run.datamodule.test_images[:10]
+    log_px = run.model.log_likelihood(x, k=20000, generator=torch.Generator().manual_seed(0))
+    assert record["test/nll_hmc"] == pytest.approx(-float(log_px.mean()), abs=0.3)
+    summary = evaluate.summary(record, run_dir)
+    assert "test/nll_hmc=" in summary and "hmc on 10" in summary
+
+
+def test_aevb_eval_refuses_an_unknown_marginal(run_dir, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main([str(run_dir), "eval.marginal=ais"])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "eval.marginal must be one of ['hmc', 'none']" in err

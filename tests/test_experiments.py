@@ -176,3 +176,65 @@ def test_frey_recipe_runs_to_its_budget_with_a_log_spaced_curve(tmp_path: Path) 
     acc = EventAccumulator(str(run_dir)).Reload()
     steps = [e.step for e in acc.Scalars("curve/test_elbo")]
     assert steps == [100, 320, 1000]
+
+
+def test_fig3_recipe_composes_with_the_papers_settings() -> None:
+    for algo, lr in (("aevb", 0.02), ("wake_sleep", 0.01), ("mcem", 0.02)):
+        cfg = _compose("paper_fig3", f"model.algorithm={algo}")
+        assert cfg["data"]["name"] == "mnist" and cfg["data"]["batch_size"] == 100
+        assert cfg["model"]["hidden_dims"] == [100] and cfg["model"]["latent_dim"] == 3
+        assert cfg["optim"]["name"] == "adagrad" and cfg["optim"]["lr"] == lr
+        assert cfg["budget_samples"] == 6 * 10**7
+        mcem = cfg["model"]["mcem"]
+        assert (mcem["leapfrog_steps"], mcem["target_accept"], mcem["updates"]) == (10, 0.9, 5)
+        curve = cfg["callbacks"]["marginal_curve"]
+        assert curve["_target_"] == "aevb.marginal_curve.MarginalCurve"
+        assert (curve["num_train"], curve["num_test"], curve["num_samples"]) == (1000, 1000, 50)
+        assert curve["leapfrog_steps"] == 4 and cfg["callbacks"]["learning_curve"] is None
+    assert _sweep_params("paper_fig3") == {
+        "data.num_train": "1000,50000",
+        "model.algorithm": "aevb,wake_sleep,mcem",
+    }
+
+
+@pytest.fixture(scope="module")
+def fig3_sweep(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Fig. 3 recipe, all three algorithms, 400 training samples each on tiny data."""
+    tmp = tmp_path_factory.mktemp("fig3")
+    sweep = tmp / "sweep"
+    args = ["-m", "+experiment=paper_fig3", f"data.root={data_root}", "data.download=false",
+            "data.val_size=100", "data.batch_size=50", "data.eval_batch_size=100",
+            "data.num_train=200", "model.algorithm=aevb,wake_sleep,mcem",
+            "model.hidden_dims=[16]", "budget_samples=400", "trainer=cpu",
+            "trainer.val_check_interval=4", "trainer.enable_progress_bar=false",
+            "eval.iw_samples=0", "eval.iwae_ks=[]", "model.mcem.eval_points=10",
+            "model.mcem.burn_in=5", "callbacks.marginal_curve.every_samples=200",
+            "callbacks.marginal_curve.num_train=20", "callbacks.marginal_curve.num_test=20",
+            "callbacks.marginal_curve.num_samples=20", "callbacks.marginal_curve.burn_in=20",
+            f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = run_cli(args, tmp, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep
+
+
+def test_fig3_recipe_runs_each_algorithm_with_a_marginal_curve(fig3_sweep: Path) -> None:
+    from aevb.evaluate import evaluate
+
+    jobs = sorted(p for p in fig3_sweep.iterdir() if (p / ".hydra").is_dir())
+    assert len(jobs) == 3
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        algorithm = metrics["hparams"]["algorithm"]
+        assert metrics["status"] == "completed" and metrics["samples_seen"] == 400, algorithm
+        curve = json.loads((job / "marginal_curve.json").read_text())
+        assert [p["samples"] for p in curve["points"]] == [0, 200, 400]
+        assert all(math.isfinite(p["test_log_px"]) for p in curve["points"])
+        assert not (job / "learning_curve.json").exists()
+        if algorithm == "mcem":  # 5 optimiser steps per minibatch; no bound: the estimate
+            assert metrics["global_step"] == 5 * 8 and math.isfinite(metrics["test/nll_hmc"])
+            assert metrics["best_val/log_px_hmc"] is not None and "test/elbo" not in metrics
+            assert metrics["hparams"]["mcem.leapfrog_steps"] == 10
+            record = evaluate(job, ["eval.marginal=hmc", "eval.hmc_points=10"])
+            assert record["hmc_points"] == 10 and math.isfinite(record["test/nll_hmc"])
+        else:
+            assert metrics["global_step"] == 8 and math.isfinite(metrics["test/elbo"])

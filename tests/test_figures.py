@@ -172,3 +172,38 @@ def test_summary_says_how_long_a_run_sat_on_the_z_ignored_bound(tmp_path: Path) 
     assert rows.splitlines()[0].endswith("| on the z-ignored bound |")
     assert rows.splitlines()[2].endswith("| never |")
     assert rows.splitlines()[3].endswith("| 1.0e+04–1.0e+06 |")
+
+
+def _fig3_run(root: Path, num_train: int, algorithm: str, offset: float, done: bool) -> None:
+    """A fabricated Fig. 3 run dir: config, marginal_curve.json, metrics.json."""
+    run = root / f"{algorithm}_{num_train}"
+    (run / ".hydra").mkdir(parents=True)
+    cfg = {"data": {"name": "mnist", "num_train": num_train},
+           "model": {"latent_dim": 3, "algorithm": algorithm}}  # fmt: skip
+    (run / ".hydra" / "config.yaml").write_text(json.dumps(cfg))
+    points = [{"samples": s, "train_log_px": -200 + offset + s / 1e6,
+               "test_log_px": -205 + offset + s / 2e6, "wall_time_s": s / 1e4}
+              for s in range(0, 6 * 10**7 + 1, 10**7)]  # fmt: skip
+    if not done:
+        points = points[:3]
+    (run / "marginal_curve.json").write_text(json.dumps({"points": points}))
+    (run / "metrics.json").write_text(json.dumps({"status": "completed" if done else "running"}))
+
+
+def test_fig3_draws_two_panels_of_six_curves_from_marginal_curves(tmp_path: Path) -> None:
+    for num_train in (1000, 50000):
+        for offset, algo in enumerate(("aevb", "wake_sleep", "mcem")):
+            _fig3_run(tmp_path / "runs", num_train, algo, offset, done=algo != "mcem")
+    manifest = make_figures([tmp_path / "runs"], tmp_path / "out")
+    fig = manifest["figures"]["fig3_mnist"]
+    assert [p["num_train"] for p in fig["panels"]] == [1000, 50000]
+    for panel in fig["panels"]:
+        assert [c["algorithm"] for c in panel["curves"]] == ["aevb", "wake_sleep", "mcem"]
+        assert [c["points"] for c in panel["curves"]] == [7, 7, 3]
+        assert [c["status"] for c in panel["curves"]] == ["completed", "completed", "running"]
+    assert (tmp_path / "out" / "fig3_mnist.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "out" / "fig3_mnist.pdf").is_file()
+    assert "fig2_mnist" not in manifest["figures"]  # no learning curves, no Fig. 2
+    table = (tmp_path / "out" / "summary.md").read_text().splitlines()
+    assert table[0].startswith("| data | N_train | algorithm |") and len(table) == 2 + 6
+    assert "| MNIST | 1000 | MCEM | 2.00e+07 | -178.0 | -193.0 |" in table[4]

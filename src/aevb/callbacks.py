@@ -69,9 +69,18 @@ class ImageCallback(L.Callback):
         """The [3, H, W] image in [0, 1] to log."""
         raise NotImplementedError
 
+    def applies_to(self, pl_module: L.LightningModule) -> bool:
+        """Whether the model has what the image needs (MCEM has no encoder)."""
+        return not self.needs_encoder or hasattr(pl_module, "encoder")
+
+    #: the image uses q(z|x) (skipped for models without an encoder)
+    needs_encoder = False
+
     def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = tensorboard_writer(trainer)
         if writer is None or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        if not self.applies_to(pl_module):
             return
         if self._last_step == trainer.global_step:
             return
@@ -97,6 +106,7 @@ class Reconstructions(ImageCallback):
     """A fixed set of validation images (top row) above their reconstructions E[x|z=E_q[z|x]]."""
 
     tag = "images/reconstructions"
+    needs_encoder = True
 
     def __init__(self, every_n_epochs: int = 5, num_images: int = 8) -> None:
         super().__init__(every_n_epochs)
@@ -136,6 +146,9 @@ class LatentManifold(ImageCallback):
         super().__init__(every_n_epochs)
         self.steps, self.num_dims, self.num_points = steps, num_dims, num_points
 
+    def applies_to(self, pl_module: L.LightningModule) -> bool:
+        return pl_module.hparams.latent_dim == 2 or hasattr(pl_module, "encoder")
+
     def latent_codes(self, pl_module: L.LightningModule, datamodule: Any) -> Tensor:
         """The [rows * steps, D] codes decoded into the grid (rows = steps for D = 2)."""
         dim = pl_module.hparams.latent_dim
@@ -161,6 +174,7 @@ class LatentScatter(ImageCallback):
     dimensions when latent_dim <= 2, else their projection on the top two principal axes."""
 
     tag = "images/latent_scatter"
+    needs_encoder = True
 
     def __init__(self, every_n_epochs: int = 5, num_points: int = 2000, size: int = 4) -> None:
         super().__init__(every_n_epochs)

@@ -21,8 +21,10 @@ from aevb.metrics import KL_ESTIMATORS
 from aevb.networks import ACTIVATIONS, ARCHITECTURES
 from aevb.vae import OPTIMIZERS, EvaluationSettings
 
-#: model.algorithm: how the model is trained (the classes live in aevb.vae / aevb.wake_sleep)
-ALGORITHMS = ("aevb", "wake_sleep")
+#: model.algorithm: how the model is trained (aevb.vae, aevb.wake_sleep, aevb.mcem)
+ALGORITHMS = ("aevb", "wake_sleep", "mcem")
+#: eval.marginal: none, or hmc (the Appendix D estimate, test/nll_hmc)
+MARGINALS = ("none", "hmc")
 
 
 class ConfigError(ValueError):
@@ -124,15 +126,20 @@ class ModelConfig:
     kl_warmup_steps: int = 0
     kl_cycle_steps: int = 0
     free_bits: float = 0.0
-    algorithm: str = "aevb"  #: aevb (aevb.vae.VAE) | wake_sleep (aevb.wake_sleep.WakeSleep)
+    algorithm: str = "aevb"  #: aevb (aevb.vae.VAE) | wake_sleep | mcem (aevb.mcem.MonteCarloEM)
+    mcem: dict[str, Any] | None = None  #: MCEMConfig's keys (model.algorithm=mcem only)
 
     def __post_init__(self) -> None:
         _choice(self.architecture, "model.architecture", ARCHITECTURES)
         _choice(self.algorithm, "model.algorithm", ALGORITHMS)
-        if self.algorithm == "wake_sleep":  # its loss has no KL weight to shape
-            for key, off in (("beta", 1.0), ("kl_warmup_steps", 0), ("free_bits", 0.0)):
+        if self.algorithm in ("wake_sleep", "mcem"):  # their losses have no KL weight to shape
+            offs = [("beta", 1.0), ("kl_warmup_steps", 0), ("free_bits", 0.0)]
+            for key, off in offs + ([("samples", 1)] if self.algorithm == "mcem" else []):
                 v = getattr(self, key)
-                _require(v == off, f"model.{key}", f"{off} with model.algorithm=wake_sleep", v)
+                _require(
+                    v == off, f"model.{key}", f"{off} with model.algorithm={self.algorithm}", v
+                )
+        self.mcem_config()  # validates model.mcem
         ch = self.channels
         _require(
             isinstance(ch, list) and len(ch) > 0 and all(_is_int(c) and c > 0 for c in ch),
@@ -176,6 +183,51 @@ class ModelConfig:
         _choice(self.kl, "model.kl", KL_ESTIMATORS)
         s = self.init_std
         _require(s is None or (_is_real(s) and s > 0), "model.init_std", "null or a number > 0", s)
+
+    def mcem_config(self) -> MCEMConfig:
+        """The validated `model.mcem` block (defaults: the paper's Appendix E values)."""
+        mcem = self.mcem if self.mcem is not None else {}
+        _require(isinstance(mcem, dict), "model.mcem", "a mapping of MCEM settings", mcem)
+        return _build(MCEMConfig, "model.mcem", mcem)
+
+
+@dataclass(frozen=True)
+class MCEMConfig:
+    """`model.mcem`: Monte Carlo EM (aevb.mcem.MonteCarloEM; docs/reproduction.md, Figure 3).
+
+    leapfrog_steps, target_accept: of each HMC proposal (Appendix E: 10, 0.9); step_size: the
+    first chains' leapfrog step; adapt_rate: kappa of log eps += kappa (acceptance - target);
+    proposals: per visit of a datapoint; burn_in: extra proposals on a chain's first visit; updates:
+    optimiser steps per minibatch (Appendix E: 5); persistent: chains continue across visits;
+    candidates: prior draws a new chain starts from the best of; eval_points: val/test images
+    of the Appendix D estimate MCEM logs (it has no bound).
+    """
+
+    leapfrog_steps: int = 10
+    target_accept: float = 0.9
+    step_size: float = 0.05
+    adapt_rate: float = 0.05
+    proposals: int = 1
+    burn_in: int = 20
+    updates: int = 5
+    persistent: bool = True
+    candidates: int = 64
+    eval_points: int = 100
+
+    def __post_init__(self) -> None:
+        for key in ("leapfrog_steps", "proposals", "updates", "candidates"):
+            v = getattr(self, key)
+            _require(_is_int(v) and v >= 1, f"model.mcem.{key}", "an integer >= 1", v)
+        for key in ("burn_in", "eval_points"):
+            v = getattr(self, key)
+            _require(_is_int(v) and v >= 0, f"model.mcem.{key}", "an integer >= 0", v)
+        a = self.target_accept
+        _require(_is_real(a) and 0 < a < 1, "model.mcem.target_accept", "a number in (0, 1)", a)
+        for key in ("step_size", "adapt_rate"):
+            v = getattr(self, key)
+            _require(_is_real(v) and v > 0, f"model.mcem.{key}", "a finite number > 0", v)
+        p = self.persistent
+        _require(isinstance(p, bool), "model.mcem.persistent", "true or false", p)
 
 
 @dataclass(frozen=True)
@@ -278,12 +330,16 @@ class LikelihoodConfig:
 class EvalConfig:
     """`eval`: test-time metrics. iw_samples = k of test/nll (0 = skip the importance-weighted
     metrics); iwae_ks = k of the test/iwae_k{K} bounds (share the draws, so each <= iw_samples);
-    iw_chunk = decoder rows per pass (null = per-device default); seed of the draws."""
+    iw_chunk = decoder rows per pass (null = per-device default); seed of the draws.
+    marginal = hmc adds test/nll_hmc, the Appendix D estimate on the first hmc_points test
+    images (aevb-eval only; aevb.marginal_curve)."""
 
     iw_samples: int = 100
     iw_chunk: int | None = None
     iwae_ks: list[int] = field(default_factory=lambda: [1, 5, 50])
     seed: int = 0
+    marginal: str = "none"
+    hmc_points: int = 1000
 
     def __post_init__(self) -> None:
         k = self.iw_samples
@@ -299,6 +355,9 @@ class EvalConfig:
         )
         _require(not ks or k > 0, "eval.iwae_ks", "[] when eval.iw_samples=0", ks)
         _require(_is_int(self.seed), "eval.seed", "an integer", self.seed)
+        _choice(self.marginal, "eval.marginal", MARGINALS)
+        n = self.hmc_points
+        _require(_is_int(n) and n >= 1, "eval.hmc_points", "an integer >= 1", n)
 
     def test_evaluation(self) -> EvaluationSettings:
         """The settings `VAE.evaluation` takes."""
@@ -385,7 +444,12 @@ class Settings:
         self, data_shape: tuple[int, ...], num_train: int | None = None
     ) -> dict[str, Any]:
         """Constructor arguments of the model class `model.algorithm` names (see ALGORITHMS)."""
-        model = {k: v for k, v in dataclasses.asdict(self.model).items() if k != "algorithm"}
+        skip = {"algorithm", "mcem"}
+        if self.model.algorithm == "mcem":  # no encoder, no bound: no ELBO settings
+            skip |= {"beta", "samples", "kl", "kl_warmup_steps", "kl_cycle_steps", "free_bits"}
+        model = {k: v for k, v in dataclasses.asdict(self.model).items() if k not in skip}
+        if self.model.algorithm == "mcem":
+            model.update(num_train=num_train, **dataclasses.asdict(self.model.mcem_config()))
         return {
             "data_shape": tuple(data_shape),
             **model,
@@ -409,6 +473,10 @@ class Settings:
             "prior_std": self.optim.prior_std,
             "lr_schedule": self.lr_schedule.name,
         }
-        flat.update({k: v for k, v in dataclasses.asdict(self.model).items() if k != "hidden_dims"})
+        model = dataclasses.asdict(self.model)
+        flat.update({k: v for k, v in model.items() if k not in ("hidden_dims", "mcem")})
+        if self.model.algorithm == "mcem":
+            mcem = dataclasses.asdict(self.model.mcem_config())
+            flat.update({f"mcem.{k}": v for k, v in mcem.items()})
         flat["hidden_dims"] = "-".join(map(str, self.model.hidden_dims))
         return flat

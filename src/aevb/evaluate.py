@@ -4,6 +4,8 @@ RUN is a run directory written by `aevb-train` or a checkpoint inside one. Compu
 (importance-sampled, Burda et al. 2016, k = eval.iw_samples, default 5000), test/elbo, the
 IWAE bounds test/iwae_k{K}, active units, per-dimension KL and posterior-mean activity, and
 writes them to RUN/eval.json atomically (metrics.json is never touched). Prints one line.
+`eval.marginal=hmc` adds test/nll_hmc, the Appendix D estimate (aevb.marginal_curve) on the
+first `eval.hmc_points` test images, for every algorithm (MCEM, without an encoder, has only it).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from omegaconf import OmegaConf
 from aevb.atomic import write_json_atomic
 from aevb.config import ConfigError, EvalConfig
 from aevb.data import DataError
+from aevb.marginal_curve import marginal_log_likelihood
 from aevb.runs import checkpoint_of, load_run
 
 #: aevb-eval's defaults; aevb-train's test/nll uses conf/train.yaml's smaller eval.iw_samples
@@ -89,8 +92,12 @@ def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str
     )
     start = time.perf_counter()
     results = trainer.test(model, datamodule=run.datamodule, verbose=False)
-    seconds = time.perf_counter() - start
     record: dict[str, Any] = {k: float(v) for r in results for k, v in r.items()}
+    if settings.marginal == "hmc":  # the same estimate for every algorithm
+        x = run.datamodule.test_images[: settings.hmc_points]
+        log_px = marginal_log_likelihood(model, x, seed=settings.seed)
+        record.update({"test/nll_hmc": float(-log_px.mean()), "hmc_points": len(x)})
+    seconds = time.perf_counter() - start
     stats = getattr(model, "test_latent_stats", {})
     record.update(
         {
@@ -110,13 +117,15 @@ def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str
 
 
 def summary(record: dict[str, Any], run_dir: Path) -> str:
-    """One line: test/nll, test/elbo, the gap -ELBO - NLL, k, images and seconds."""
-    nll = record.get("test/nll")
-    head = f"test/nll={nll:.2f} " if nll is not None else ""
-    gap = f"gap(-elbo-nll)={record['gap']:.2f} " if record.get("gap") is not None else ""
+    """One line: test/nll, test/elbo, the gap -ELBO - NLL, test/nll_hmc, k, images, seconds."""
+    names = {"gap": "gap(-elbo-nll)"}
+    keys = ("test/nll", "test/elbo", "gap", "test/nll_hmc")
+    parts = [f"{names.get(k, k)}={record[k]:.2f}" for k in keys if record.get(k) is not None]
+    units = record.get("test/active_units")
+    active = f" active_units={units:.0f}" if units is not None else ""
+    hmc = f", hmc on {record['hmc_points']}" if "hmc_points" in record else ""
     return (
-        f"aevb-eval: {head}test/elbo={record['test/elbo']:.2f} {gap}nats "
-        f"active_units={record['test/active_units']:.0f} (k={record['eval']['iw_samples']}, "
+        f"aevb-eval: {' '.join(parts)} nats{active} (k={record['eval']['iw_samples']}{hmc}, "
         f"{record['num_test']} test images, {record['seconds']:.1f} s) -> {run_dir / 'eval.json'}"
     )
 
@@ -127,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="aevb-eval",
         description="Importance-weighted test NLL and latent metrics of a finished aevb run.",
         epilog="overrides: eval.iw_samples=5000 eval.iwae_ks=[1,5,50] eval.iw_chunk=null "
-        "eval.seed=0 accelerator=auto|cpu|gpu",
+        "eval.seed=0 eval.marginal=none|hmc eval.hmc_points=1000 accelerator=auto|cpu|gpu",
     )
     parser.add_argument("run", help="run directory of aevb-train, or a checkpoint inside one")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")

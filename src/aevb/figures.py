@@ -1,4 +1,4 @@
-"""`aevb-figures`: the AEVB paper's Figures 2, 4 and 5 from finished `aevb-train` runs.
+"""`aevb-figures`: the AEVB paper's Figures 2, 3, 4 and 5 from finished `aevb-train` runs.
 
     aevb-figures outputs/paper_fig2_mnist/<time> outputs/paper_fig2_frey/<time> [--out DIR]
 
@@ -8,6 +8,9 @@ the model, so they load each run's best checkpoint (`aevb.runs.load_run`):
 
 - fig2_<data>: one panel per Nz, average lower bound per datapoint against training samples
   evaluated (log x), AEVB and wake-sleep, train solid and test dashed.
+- fig3_<data>: one panel per training-set size, the Appendix D estimate of the marginal
+  log-likelihood against training samples evaluated (linear x, millions), AEVB, wake-sleep and
+  MCEM, train solid and test dashed (from `marginal_curve.json`, `aevb.marginal_curve`).
 - fig4: the learned 2-D manifolds (AEVB runs with Nz = 2, one panel per dataset): decoder means
   at z = Phi^-1 of a regular grid on the unit square.
 - fig5_<data>: random samples E[x|z], z ~ p(z), from the AEVB runs, one panel per Nz.
@@ -34,10 +37,11 @@ from torch.distributions import Normal
 
 from aevb.atomic import write_bytes_atomic, write_json_atomic
 from aevb.learning_curve import CURVE_FILE
+from aevb.marginal_curve import CURVE_FILE as MARGINAL_FILE
 
 #: the paper's names and line colours of the two algorithms
-ALGORITHM_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-Sleep"}
-ALGORITHM_COLORS = {"aevb": "tab:red", "wake_sleep": "tab:green"}
+ALGORITHM_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-Sleep", "mcem": "MCEM"}
+ALGORITHM_COLORS = {"aevb": "tab:red", "wake_sleep": "tab:green", "mcem": "tab:blue"}
 DATA_LABELS = {"mnist": "MNIST", "frey_face": "Frey Face", "fashion_mnist": "Fashion-MNIST"}
 FIG5_LATENTS = (2, 5, 10, 20)
 
@@ -58,6 +62,9 @@ class RunInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: train/test bound of the model that ignores z, as the learning curve recorded it
     z_ignored: dict[str, float] | None = None
+    #: data.num_train (None: the whole training split) and the Fig. 3 marginal-likelihood curve
+    num_train: int | None = None
+    marginal: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def has_checkpoint(self) -> bool:
@@ -79,6 +86,7 @@ def read_run(path: Path) -> RunInfo | None:
             data=str(cfg.data.name),
             latent_dim=int(cfg.model.latent_dim),
             algorithm=str(cfg.model.get("algorithm", "aevb")),
+            num_train=cfg.data.get("num_train"),
         )
     except Exception:  # noqa: BLE001 -- not an aevb-train config: not a run for us
         return None
@@ -90,6 +98,12 @@ def read_run(path: Path) -> RunInfo | None:
             info.z_ignored = curve.get("z_ignored")
         except (ValueError, KeyError, TypeError) as err:
             raise FiguresError(f"{curve_file} is unreadable ({err})") from err
+    marginal_file = path / MARGINAL_FILE
+    if marginal_file.is_file():
+        try:
+            info.marginal = sorted(json.loads(marginal_file.read_text())["points"], key=_samples)
+        except (ValueError, KeyError, TypeError) as err:
+            raise FiguresError(f"{marginal_file} is unreadable ({err})") from err
     metrics_file = path / "metrics.json"
     if metrics_file.is_file():
         try:
@@ -243,6 +257,78 @@ def figure2(
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.9, wspace=0.25)
     return {"files": [str(p) for p in _save(fig, out, f"fig2_{data}")], "panels": panels,
             "axes": axes}  # fmt: skip
+
+
+def figure3(runs: list[RunInfo], data: str, out: Path) -> dict[str, Any]:
+    """Fig. 3 for one dataset: a panel per training-set size, the Appendix D marginal
+    log-likelihood of training (solid) and test (dashed) points against training samples
+    evaluated (millions, linear), one colour per algorithm; the run of each (N_train,
+    algorithm) that reached the most samples; a run that has not completed is labelled."""
+    best: dict[tuple[int | None, str], RunInfo] = {}
+    for r in runs:
+        key = (r.num_train, r.algorithm)
+        if (
+            r.data == data
+            and r.marginal
+            and (key not in best or r.marginal[-1]["samples"] > best[key].marginal[-1]["samples"])
+        ):
+            best[key] = r
+    sizes = sorted({k[0] for k in best}, key=lambda n: math.inf if n is None else n)
+    fig, axes = _new_figure(len(sizes), 4.2, 3.4)
+    panels, labelled = [], {}
+    for ax, size in zip(axes, sizes, strict=True):
+        drawn, partial = [], []
+        for algo in sorted({k[1] for k in best if k[0] == size}, key=_algorithm_order):
+            run = best[(size, algo)]
+            x = [p["samples"] / 1e6 for p in run.marginal]
+            color, label = ALGORITHM_COLORS.get(algo, "tab:gray"), ALGORITHM_LABELS.get(algo, algo)
+            for split, style in (("train", "-"), ("test", "--")):
+                ax.plot(x, [p[f"{split}_log_px"] for p in run.marginal], style, color=color,
+                        lw=1.2, marker=".", ms=3, label=f"{label} ({split})")  # fmt: skip
+            if run.metrics.get("status") != "completed":
+                partial.append(f"{label} at {run.marginal[-1]['samples'] / 1e6:.1f}M")
+            drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x),
+                          "status": run.metrics.get("status", "running")})  # fmt: skip
+        if partial:
+            ax.text(0.02, 0.02, "partial: " + "; ".join(partial), transform=ax.transAxes,
+                    fontsize=6, va="bottom")  # fmt: skip
+        name = "all" if size is None else f"{size}"
+        ax.set_title(f"{DATA_LABELS.get(data, data)}, $N_{{train}}$ = {name}", fontsize=10)
+        ax.set_xlabel("# training samples evaluated (millions)", fontsize=8)
+        ax.set_xlim(left=0)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+        panels.append({"num_train": size, "curves": drawn})
+    axes[0].set_ylabel("marginal log-likelihood (nats)", fontsize=8)
+    axes[0].legend(labelled.values(), labelled.keys(), fontsize=6, loc="lower right")
+    fig.tight_layout()
+    return {"files": [str(p) for p in _save(fig, out, f"fig3_{data}")], "panels": panels}
+
+
+def _algorithm_order(algo: str) -> int:
+    order = list(ALGORITHM_LABELS)
+    return order.index(algo) if algo in order else len(order)
+
+
+def marginal_table(runs: list[RunInfo]) -> str:
+    """Markdown table of the Fig. 3 runs: the last point of each marginal-likelihood curve."""
+    lines = [
+        "| data | N_train | algorithm | samples | train log p(x) | test log p(x) | wall | status |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r.data, r.num_train or 0, _algorithm_order(r.algorithm))):
+        last = r.marginal[-1]
+        wall = last.get("wall_time_s")
+        lines.append(
+            f"| {DATA_LABELS.get(r.data, r.data)} | {r.num_train or 'all'} "
+            f"| {ALGORITHM_LABELS.get(r.algorithm, r.algorithm)} | {last['samples']:.2e} "
+            f"| {last['train_log_px']:.1f} | {last['test_log_px']:.1f} "
+            f"| {f'{wall / 60:.1f} min' if isinstance(wall, int | float) else '-'} "
+            f"| {r.metrics.get('status', 'running')} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _y_ranges(runs: list[RunInfo]) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -414,10 +500,11 @@ def make_figures(
     for (d, nz, algo), r in sorted(picked.items()):
         if algo == "aevb" and nz in FIG5_LATENTS and r.has_checkpoint:
             fig5_runs.setdefault(d, []).append(r)
-    if not with_curve and not fig4_runs and not fig5_runs:
+    fig3_runs = [r for r in runs if r.marginal]
+    if not with_curve and not fig4_runs and not fig5_runs and not fig3_runs:
         where = ", ".join(str(d) for d in dirs)
         raise FiguresError(
-            f"no aevb-train runs with {CURVE_FILE} or checkpoints under {where} "
+            f"no aevb-train runs with {CURVE_FILE}, {MARGINAL_FILE} or checkpoints under {where} "
             f"({len(runs)} run dirs found); train with +experiment=paper_fig2_mnist or similar"
         )
     out = Path(out) if out is not None else Path(dirs[0])
@@ -425,11 +512,15 @@ def make_figures(
     manifest: dict[str, Any] = {"runs": [str(r.path) for r in runs], "figures": {}}
     for data in sorted({k[0] for k in with_curve}):
         manifest["figures"][f"fig2_{data}"] = figure2(with_curve, data, out, axes)
+    for data in sorted({r.data for r in fig3_runs}):
+        manifest["figures"][f"fig3_{data}"] = figure3(fig3_runs, data, out)
     if fig4_runs:
         manifest["figures"]["fig4"] = figure4(fig4_runs, out)
     for data, rs in sorted(fig5_runs.items()):
         manifest["figures"][f"fig5_{data}"] = figure5(rs, data, out, seed=samples_seed)
-    summary = summary_table(with_curve)
+    summary = summary_table(with_curve) if with_curve else ""
+    if fig3_runs:
+        summary += ("\n" if summary else "") + marginal_table(fig3_runs)
     write_bytes_atomic(out / "summary.md", summary.encode())
     write_json_atomic(out / "figures.json", manifest)
     manifest["summary"] = summary
@@ -440,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console script entry point (`aevb-figures`)."""
     parser = argparse.ArgumentParser(
         prog="aevb-figures",
-        description="Draw the AEVB paper's Figures 2, 4 and 5 from aevb-train run directories.",
+        description="Draw the AEVB paper's Figures 2-5 from aevb-train run directories.",
     )
     parser.add_argument("dirs", nargs="+", help="run or multirun directories (searched below)")
     parser.add_argument("--out", default=None, help="output folder (default: the first dir)")

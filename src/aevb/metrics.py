@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
+from aevb.hmc import appendix_d_log_likelihood
+
 KL_ESTIMATORS = ("analytic", "mc")
 
 
@@ -175,3 +177,71 @@ def latent_activity(means: Tensor) -> Tensor:
 def active_units(activity: Tensor, threshold: float = 0.01) -> int:
     """Number of latent dimensions with activity A_u > threshold (Burda et al. use 0.01)."""
     return int((activity > threshold).sum())
+
+
+def posterior_start(
+    x: Tensor,
+    decode: Callable[[Tensor], Distribution],
+    prior: Independent,
+    candidates: int,
+    generator: torch.Generator,
+    z0: Tensor | None = None,
+) -> Tensor:
+    """A starting point per datapoint for a chain on p(z|x): the draw with the highest
+    log p(x, z) among `candidates` prior draws (and z0, e.g. an encoder's mean), [B, D].
+
+    The draws come from the CPU `generator`, so a seed gives the same start on every device.
+    """
+    batch, dim = x.shape[0], prior.event_shape[0]
+    loc = prior.base_dist.loc
+    z = torch.randn(candidates, batch, dim, generator=generator, dtype=loc.dtype).to(loc.device)
+    if z0 is not None:
+        z = torch.cat([z0.detach().unsqueeze(0), z])
+    with torch.no_grad():
+        score = torch.stack([prior.log_prob(zk) + decode(zk).log_prob(x) for zk in z])
+    return z.gather(0, score.argmax(0)[None, :, None].expand(1, batch, dim)).squeeze(0)
+
+
+@dataclass(frozen=True)
+class AppendixD:
+    """The AEVB paper's Appendix D estimate of log p(x) for a decoder and prior (`aevb.hmc`).
+
+    Settings: `num_samples` L posterior draws to fit q(z) and L fresh ones (Appendix E: 50),
+    `leapfrog_steps` (4), `burn_in` step-size-tuning proposals, `thin`, `target_accept`; chains
+    start at `posterior_start` with `candidates` prior draws (plus the encoder's mean, if given).
+    """
+
+    num_samples: int = 50
+    burn_in: int = 100
+    leapfrog_steps: int = 4
+    thin: int = 1
+    target_accept: float = 0.9
+    candidates: int = 64
+
+    def __call__(
+        self,
+        x: Tensor,
+        decode: Callable[[Tensor], Distribution],
+        prior: Independent,
+        generator: torch.Generator,
+        z0: Tensor | None = None,
+    ) -> Tensor:
+        """log p(x) per datapoint, Tensor[B] in nats; works under torch.inference_mode too."""
+        with torch.inference_mode(False):
+            x = x.clone()  # a tensor made under inference mode cannot be saved for backward
+            z0 = None if z0 is None else z0.clone()
+            start = posterior_start(x, decode, prior, self.candidates, generator, z0)
+
+            def log_joint(z: Tensor) -> Tensor:
+                return prior.log_prob(z) + decode(z).log_prob(x)
+
+            return appendix_d_log_likelihood(
+                log_joint,
+                start,
+                num_samples=self.num_samples,
+                burn_in=self.burn_in,
+                leapfrog_steps=self.leapfrog_steps,
+                target_accept=self.target_accept,
+                thin=self.thin,
+                generator=generator,
+            )

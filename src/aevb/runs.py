@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from aevb.data import ImageDataModule
+from aevb.mcem import MonteCarloEM
 from aevb.vae import VAE
 from aevb.wake_sleep import WakeSleep
 
@@ -20,7 +21,7 @@ class Run:
 
     path: Path
     cfg: DictConfig
-    model: VAE
+    model: VAE | MonteCarloEM
     datamodule: ImageDataModule
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -56,7 +57,7 @@ def load_run(
         root = Path(launch) / root
     data_kwargs.update(root=str(root), download=False)
     ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_of(run_dir)
-    model_cls = WakeSleep if settings.model.algorithm == "wake_sleep" else VAE
+    model_cls = {"wake_sleep": WakeSleep, "mcem": MonteCarloEM}.get(settings.model.algorithm, VAE)
     model = model_cls.load_from_checkpoint(ckpt, map_location=map_location)
     model.eval()
     metrics_path = run_dir / "metrics.json"

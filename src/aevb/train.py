@@ -28,6 +28,8 @@ from aevb.callbacks import log_hparams
 from aevb.config import ConfigError, Settings, budget_steps
 from aevb.data import DataError, ImageDataModule
 from aevb.divergence import Diverged
+from aevb.mcem import MONITOR as MCEM_MONITOR
+from aevb.mcem import MonteCarloEM
 from aevb.preflight import check_command_line
 from aevb.vae import VAE
 from aevb.wake_sleep import WakeSleep
@@ -97,8 +99,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         n_train = len(datamodule.train_images)
         steps = budget_steps(cfg.budget_samples, settings.data.batch_size, n_train)
         trainer.fit_loop.epoch_loop.max_steps = steps  # what Trainer(max_steps=...) sets
-    model_cls = WakeSleep if settings.model.algorithm == "wake_sleep" else VAE
+    model_cls = {"wake_sleep": WakeSleep, "mcem": MonteCarloEM}.get(settings.model.algorithm, VAE)
     model = model_cls(**settings.model_kwargs(datamodule.data_shape, len(datamodule.train_images)))
+    if isinstance(model, MonteCarloEM):  # no bound: best.ckpt by the Appendix D estimate
+        if cfg.get("budget_samples") is not None:  # max_steps counts optimiser steps
+            trainer.fit_loop.epoch_loop.max_steps = steps * model.optimizer_steps_per_batch
+        if trainer.checkpoint_callback is not None:
+            trainer.checkpoint_callback.monitor = MCEM_MONITOR
+    monitor = trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else "val/elbo"
     model.evaluation = settings.eval.test_evaluation()  # test/nll, test/iwae_k*, active units
 
     ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(cfg.get("resume", "never"), run_dir)
@@ -115,7 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt = _checkpoint_callback(trainer)
     best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
-    final_val = trainer.callback_metrics.get("val/elbo")
+    final_val = trainer.callback_metrics.get(monitor)
     final_is_best = (
         best_path is None
         or final_val is None
@@ -132,7 +140,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics.update(
         {
             "best_checkpoint": str(Path(best_path).relative_to(run_dir)) if best_path else None,
-            "best_val/elbo": float(ckpt.best_model_score) if best_path else None,
+            f"best_{monitor}": float(ckpt.best_model_score) if best_path else None,
             "final_is_best": final_is_best,
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
@@ -145,7 +153,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     final = {
         k: v
         for k, v in metrics.items()
-        if (k.startswith("test") or k == "best_val/elbo") and isinstance(v, float)
+        if (k.startswith("test") or k == f"best_{monitor}") and isinstance(v, float)
     }
     log_hparams(loggers, settings.hparams(), final, step=trainer.global_step)  # HParams tab
     if trainer.is_global_zero:
