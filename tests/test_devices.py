@@ -116,8 +116,8 @@ def test_importance_weights_do_not_depend_on_device_batching_or_chunk(device: st
     shards = [
         log_w(on_device, x[r::2].to(device), index[r::2], chunk) for r, chunk in ((0, 7), (1, 300))
     ]
-    assert torch.allclose(shards[0], ref[:, 0::2], atol=1e-4, rtol=0)
-    assert torch.allclose(shards[1], ref[:, 1::2], atol=1e-4, rtol=0)
+    assert torch.allclose(shards[0], ref[:, 0::2], atol=1e-3, rtol=0)
+    assert torch.allclose(shards[1], ref[:, 1::2], atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
