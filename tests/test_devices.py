@@ -6,6 +6,8 @@ the same tests check a GPU where there is one. DDP runs (2 gloo ranks) are in te
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from aevb.rng import KeyedNormal, forked_streams, get_state, rank_seed
 from aevb.train import config_dir
 from aevb.vae import VAE
 
-from .conftest import run_cli, tiny_overrides
+from .conftest import REPO, run_cli, tiny_overrides
 
 DEVICES = [
     "cpu",
@@ -219,6 +221,23 @@ def test_a_thinned_check_still_stops_before_the_next_checkpoint() -> None:
         _guard_step(guard, trainer, SimpleNamespace(last_terms={"recon": torch.tensor([recon])}))
     with pytest.raises(Diverged, match="step 2 .*recon"):  # the first bad step, not the last
         guard.on_save_checkpoint(trainer, None, {})
+
+
+def test_a_thinned_guard_stops_before_validating_or_checkpointing(data_root, tmp_path) -> None:
+    """Weights poisoned at step 18 (epoch 1), checked every 7th step: the epoch-1 validation and
+    checkpoint (step 20) come before the next check (21) and must not see the diverged run."""
+    run_dir = tmp_path / "run"
+    fault = ["+callbacks.fault._target_=tests.faults.PoisonWeights", "+callbacks.fault.at_step=18"]
+    args = [*tiny_overrides(data_root), "trainer.max_epochs=3", *fault]
+    args += ["callbacks.divergence.check_every_n_steps=7", f"hydra.run.dir={run_dir}"]
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    proc = run_cli(args, tmp_path, env=env)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["status"], metrics["diverged_step"]) == ("diverged", 18)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 10  # end of epoch 0: the last good state
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
 # ----- config: precision, GPU requests, SLURM resources ---------------------------------------

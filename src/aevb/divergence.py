@@ -36,11 +36,11 @@ class DivergenceGuard(L.Callback):
 
     Reads the module's `last_terms` ({name: Tensor} of the step's loss terms, set by the
     LightningModule) and the gradients. Every step's non-finite flags are OR-ed into one flag
-    tensor on the device (no host sync); every `check_every_n_steps`-th step, and before any
-    checkpoint is written, the flags are all-reduced over ranks (every rank decides alike) and
-    read once. With 1 (the default) no non-finite update is ever applied; with n > 1 the run
-    stops within n steps, naming the first bad step, and never writes a checkpoint after it
-    (n > 1 saves a host sync per step on a GPU).
+    tensor on the device (no host sync); every `check_every_n_steps`-th step, before validation
+    and before any checkpoint is written, the flags are all-reduced over ranks (every rank
+    decides alike) and read once. With 1 (the default) no non-finite update is ever applied;
+    with n > 1 the run stops within n steps, naming the first bad step, and never validates or
+    writes a checkpoint after it (n > 1 saves a host sync per step on a GPU).
     """
 
     def __init__(self, check_every_n_steps: int = 1, check_grads: bool = True) -> None:
@@ -75,6 +75,9 @@ class DivergenceGuard(L.Callback):
             self._flags = self._flags | bad
         if trainer.global_step % self.every == 0:
             self.check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)  # never validate (or log) non-finite weights
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
