@@ -263,6 +263,9 @@ def test_asking_for_a_gpu_without_one_is_one_line(data_root, tmp_path) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "trainer.accelerator must be cpu or auto" in lines[0], lines
+    proc = run_cli([str(tmp_path), "accelerator=gpu"], tmp_path, script="aevb.evaluate")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("aevb-eval: error: accelerator must be cpu or auto")
 
 
 def _launcher(*overrides: str) -> dict:
