@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from aevb import load_run
 from aevb.data import EpochShuffle
+from aevb.evaluate import evaluate
 
-from .conftest import run_cli, tiny_overrides
+from .conftest import REPO, run_cli, tiny_overrides
 
 N_TRAIN = 500  # tiny data: 600 training images minus data.val_size=100
 
@@ -106,3 +108,76 @@ def test_ddp_started_by_lightning_is_refused_inside_a_local_multirun(data_root, 
     with (sweep / "summary.csv").open() as f:
         (row,) = list(csv.DictReader(f))
     assert row["status"] == "failed" and "hydra/launcher=slurm" in row["error"], row
+
+
+def test_metrics_record_device_precision_ranks_and_torch(ddp_run) -> None:
+    metrics = json.loads((ddp_run[0] / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["device"] == "cpu"
+    assert metrics["precision"] == "32-true" and metrics["torch"] == torch.__version__
+
+
+def test_ranks_draw_different_training_noise_and_each_state_is_saved(ddp_run) -> None:
+    states = torch.load(ddp_run[0] / "checkpoints" / "last.ckpt", weights_only=False)["rng_states"]
+    ranks = states["ranks"]
+    assert len(ranks) == 2
+    # same draws consumed on both ranks: equal states would mean equal noise
+    assert not torch.equal(ranks[0]["cpu"], ranks[1]["cpu"])
+    assert torch.equal(states["cpu"], ranks[0]["cpu"])  # rank 0's where older readers look
+
+
+def test_sharded_test_nll_equals_a_single_process_evaluation(ddp_run) -> None:
+    """Importance samples keyed by test image: 2 ranks and 1 process draw the same ones."""
+    run_dir, _ = ddp_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    single = evaluate(run_dir, ["eval.iw_samples=100", "eval.iwae_ks=[1,5,50]", "accelerator=cpu"])
+    assert single["world_size"] == 1 and single["device"] == "cpu"
+    for key in ("test/nll", "test/iwae_k1", "test/iwae_k50"):
+        assert single[key] == pytest.approx(metrics[key], abs=2e-3), key  # MC noise ~0.1 nat
+
+
+def test_budget_samples_counts_every_rank(data_root, tmp_path) -> None:
+    """budget_samples counts over both ranks (as samples_seen): 700 = 1 epoch + 2 steps of 100."""
+    run_dir = tmp_path / "run"
+    args = [
+        *_ddp_overrides(data_root),
+        "budget_samples=700",
+        "eval.iw_samples=0",
+        "eval.iwae_ks=[]",
+    ]
+    proc = run_cli([*args, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["samples_seen"] == 700  # not 2 x the budget
+    assert metrics["global_step"] == 7
+
+
+@pytest.fixture(scope="module")
+def resume_runs(data_root, tmp_path_factory) -> tuple[Path, Path]:
+    """2 epochs: uninterrupted, and SIGKILLed at step 7 (both ranks, in epoch 1) then resumed
+    from the epoch-0 last.ckpt."""
+    cwd = tmp_path_factory.mktemp("resume")
+    common = [*_ddp_overrides(data_root), "trainer.max_epochs=2"]
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    fresh = run_cli([*common, f"hydra.run.dir={cwd / 'fresh'}"], cwd)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    kill = ["+callbacks.fault._target_=tests.faults.KillAt", "+callbacks.fault.at_step=7"]
+    killed = run_cli([*common, *kill, f"hydra.run.dir={cwd / 'killed'}"], cwd, env=env)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    last = cwd / "killed" / "checkpoints" / "last.ckpt"
+    resumed = run_cli([*common, f"ckpt_path={last}", f"hydra.run.dir={cwd / 'killed'}"], cwd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return cwd / "fresh", cwd / "killed"
+
+
+def test_a_resumed_ddp_run_continues_bit_exactly(resume_runs) -> None:
+    fresh, resumed = resume_runs
+    a = torch.load(fresh / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 10
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    for ra, rb in zip(a["rng_states"]["ranks"], b["rng_states"]["ranks"], strict=True):
+        assert torch.equal(ra["cpu"], rb["cpu"])  # each rank restored its own stream
+    ma = json.loads((fresh / "metrics.json").read_text())
+    mb = json.loads((resumed / "metrics.json").read_text())
+    for key in ("best_val/elbo", "test/elbo", "test/nll", "samples_seen"):
+        assert ma[key] == mb[key], key

@@ -152,7 +152,7 @@ def test_requeued_job_resumes_from_last_checkpoint(
 def _launcher_cfg(*overrides: str) -> dict:
     with initialize_config_dir(config_dir(), version_base="1.3", job_name="train"):
         cfg = compose("train", list(overrides), return_hydra_config=True)
-    return OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)  # slurm: resources from trainer
 
 
 def test_slurm_config_becomes_sbatch_flags(tmp_path: Path, monkeypatch) -> None:

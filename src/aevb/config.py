@@ -68,18 +68,23 @@ def _choice(value: Any, key: str, options: Any) -> None:
     _require(value in options, key, f"one of {sorted(options)}", value)
 
 
-def budget_steps(budget_samples: Any, batch_size: int, num_train: int | None = None) -> int:
+def budget_steps(
+    budget_samples: Any, batch_size: int, num_train: int | None = None, world_size: int = 1
+) -> int:
     """Optimisation steps that evaluate at least `budget_samples` training samples (the paper's
-    x-axis), one device: ceil(B / M) when M divides the training-set size N (or N is unknown);
-    otherwise every epoch ends with a partial batch, so whole epochs cost ceil(N / M) steps."""
+    x-axis), counted over all W = `world_size` ranks (as `samples_seen`): a step trains M x W.
+    Each rank's epoch is a shard of n = N // W images (the remainder is dropped), so with N
+    known and M not dividing n every epoch ends with a partial step; otherwise ceil(B / (M W)).
+    """
     b = budget_samples
     ok = _is_real(b) and b >= 1 and float(b).is_integer()
     _require(ok, "budget_samples", "null or a whole number of training samples >= 1", b)
     b = int(b)
-    if not num_train or num_train % batch_size == 0:
-        return math.ceil(b / batch_size)
-    epochs, rest = divmod(b, num_train)
-    return epochs * math.ceil(num_train / batch_size) + math.ceil(rest / batch_size)
+    shard = num_train // world_size if num_train else 0
+    if not shard or shard % batch_size == 0:
+        return math.ceil(b / (batch_size * world_size))
+    epochs, rest = divmod(b, shard * world_size)
+    return epochs * math.ceil(shard / batch_size) + math.ceil(rest / (batch_size * world_size))
 
 
 @dataclass(frozen=True)

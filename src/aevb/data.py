@@ -2,7 +2,8 @@
 
 `ImageDataModule` loads a torchvision dataset once, holds images as one float tensor on the
 training device, and serves batches with `TensorLoader`, which shuffles per epoch with a
-seeded generator and shards per rank under DDP.
+seeded generator and shards per rank under DDP. Fixed binarizations (validation/test, static)
+are drawn on the CPU, so every device and rank count sees the same binary images.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from urllib.error import URLError
 import lightning as L
 import torch
 import torchvision
+from filelock import FileLock
 from torch import Tensor
+
+from aevb.rng import rank_seed
 
 BINARIZE = ("none", "dynamic", "static")
 #: seed of the one-off binarization of validation/test images: fixed so NLLs compare across runs
@@ -170,8 +174,11 @@ class TensorLoader:
     """Iterable of (images, labels) batches sliced from tensors that already live on the device.
 
     With `binarize=True` each batch is a fresh Bernoulli sample of its grey levels (dynamic
-    binarization), drawn from a generator seeded by (seed, epoch). Exposes `sampler` (with
-    `set_epoch`) and `batch_sampler = None` the way Lightning inspects a DataLoader.
+    binarization), drawn from a generator on the device seeded by (seed, epoch, rank): training
+    noise, different on every rank. With `with_index=True` batches are (images, labels, rows),
+    rows = each image's row in its split, which keys its evaluation noise (`aevb.rng`).
+    Exposes `sampler` (with `set_epoch`) and `batch_sampler = None` the way Lightning inspects a
+    DataLoader.
     """
 
     batch_sampler = None
@@ -184,27 +191,32 @@ class TensorLoader:
         sampler: EpochShuffle,
         binarize: bool = False,
         drop_last: bool = False,
+        with_index: bool = False,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.sampler = batch_size, sampler
-        self.binarize, self.drop_last = binarize, drop_last
+        self.binarize, self.drop_last, self.with_index = binarize, drop_last, with_index
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
         idx = self.sampler.indices().to(self.images.device)
         gen = None
         if self.binarize:
             gen = torch.Generator(device=self.images.device)
-            gen.manual_seed(self.sampler.seed * 7_919 + self.sampler.epoch + 1)
+            seed = self.sampler.seed * 7_919 + self.sampler.epoch + 1
+            gen.manual_seed(rank_seed(seed, self.sampler.rank))
         for b in range(len(self)):
             rows = idx[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images.index_select(0, rows)
             if gen is not None:
                 x = bernoulli_sample(x, gen)
-            yield x, self.labels.index_select(0, rows)
+            if self.with_index:
+                yield x, self.labels.index_select(0, rows), rows
+            else:
+                yield x, self.labels.index_select(0, rows)
 
 
 def _unit(images: Tensor) -> Tensor:
@@ -224,8 +236,30 @@ def bernoulli_sample(p: Tensor, generator: torch.Generator) -> Tensor:
 
 
 def binarize_once(images: Tensor, seed: int) -> Tensor:
-    """One fixed Bernoulli sample of grey-level images (static binarization)."""
-    return bernoulli_sample(images, torch.Generator(device=images.device).manual_seed(seed))
+    """One fixed Bernoulli sample of grey-level images (static binarization), drawn on the CPU
+    and moved to the images' device: row i depends only on (seed, i), on every device."""
+    cpu = bernoulli_sample(images.cpu(), torch.Generator().manual_seed(seed))
+    return cpu.to(images.device)
+
+
+@contextmanager
+def download_lock(root: str | Path, name: str, download: bool) -> Iterator[None]:
+    """Hold an exclusive lock on `<root>/.<name>.lock` while a dataset may be downloaded. Every
+    process that loads it takes the lock (every rank of every node, every job of an array), so
+    one downloads and the others wait, then read the finished files. No lock without download
+    or in a read-only root (nothing can be written there)."""
+    lock = FileLock(Path(root) / f".{name}.lock")
+    try:
+        if download:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        if lock.is_locked:
+            lock.release()
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -263,13 +297,17 @@ class ImageDataModule(L.LightningDataModule):
         self._loaded = False
 
     def prepare_data(self) -> None:
-        """Download if allowed (Lightning runs this on one process per node)."""
-        self._raw = SOURCES[self.name](self.root, self.download)
+        """Download if allowed (under `download_lock`, so any process may call it)."""
+        self._raw = self._load()
+
+    def _load(self) -> tuple[Split, Split]:
+        with download_lock(self.root, self.name, self.download):
+            return SOURCES[self.name](self.root, self.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self._loaded:
             return
-        raw = self._raw or SOURCES[self.name](self.root, self.download)
+        raw = self._raw or self._load()
         self._raw = None
         (train_x, train_y), (test_x, test_y) = raw
         device = self._device()
@@ -323,6 +361,7 @@ class ImageDataModule(L.LightningDataModule):
             sampler,
             binarize=train and self.binarize == "dynamic",
             drop_last=False,
+            with_index=not train,
         )
 
     def train_dataloader(self) -> TensorLoader:

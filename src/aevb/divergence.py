@@ -8,9 +8,13 @@ in metrics.json. Gradient clipping (`trainer.gradient_clip_val`) is applied afte
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 from torch import Tensor
+
+from aevb.distributed import any_rank
 
 
 class Diverged(RuntimeError):
@@ -31,7 +35,12 @@ class DivergenceGuard(L.Callback):
     """Raise `Diverged` when the step's recon/KL terms or the gradient norm are not finite.
 
     Reads the module's `last_terms` ({name: Tensor} of the step's loss terms, set by the
-    LightningModule) and the gradients; one host sync per step (`check_every_n_steps` thins it).
+    LightningModule) and the gradients. Every step's non-finite flags are OR-ed into one flag
+    tensor on the device (no host sync); every `check_every_n_steps`-th step, before validation
+    and before any checkpoint is written, the flags are all-reduced over ranks (every rank
+    decides alike) and read once. With 1 (the default) no non-finite update is ever applied;
+    with n > 1 the run stops within n steps, naming the first bad step, and never validates or
+    writes a checkpoint after it (n > 1 saves a host sync per step on a GPU).
     """
 
     def __init__(self, check_every_n_steps: int = 1, check_grads: bool = True) -> None:
@@ -40,25 +49,67 @@ class DivergenceGuard(L.Callback):
                 f"callbacks.divergence.check_every_n_steps must be >= 1, got {check_every_n_steps}"
             )
         self.every, self.check_grads = check_every_n_steps, check_grads
+        self._names: list[str] = []
+        self._flags: Tensor | None = None  # [terms] bool: non-finite at some step since start
+        self._first: Tensor | None = None  # the first step with a non-finite term (-1: none)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._params = [p for p in pl_module.parameters() if p.requires_grad]
+        self._flags = self._first = None
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if trainer.global_step % self.every:
-            return
         terms: dict[str, Tensor] = dict(getattr(pl_module, "last_terms", None) or {})
         if self.check_grads:
             grads = [p.grad for p in getattr(self, "_params", ()) if p.grad is not None]
             if grads:
                 terms["gradient"] = torch.stack(torch._foreach_norm(grads))
-        if not terms:
+        if terms:
+            bad = torch.stack([~torch.isfinite(t).all() for t in terms.values()])
+            if self._flags is None or list(terms) != self._names:
+                self._names = list(terms)
+                self._flags, self._first = bad, torch.full_like(bad, -1, dtype=torch.long)
+            fresh = bad & ~self._flags
+            self._first = torch.where(fresh, trainer.global_step, self._first)
+            self._flags = self._flags | bad
+        if trainer.global_step % self.every == 0:
+            self.check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)  # never validate (or log) non-finite weights
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self.check(trainer)  # never write a checkpoint of a diverged run
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check(trainer)
+
+    def check(self, trainer: L.Trainer) -> None:
+        """All-reduce the flags (collective: every rank calls it at the same steps) and raise
+        `Diverged` naming the first non-finite term and its step, on every rank alike."""
+        if self._flags is None:
             return
-        # one reduction and one host sync: any inf/nan makes the total non-finite
-        total = torch.stack([t.sum() for t in terms.values()]).sum()
-        if bool(torch.isfinite(total)):
+        flags = any_rank(self._flags, trainer)
+        if not bool(flags.any()):  # the one host sync
             return
-        first_bad = next(name for name, t in terms.items() if not bool(torch.isfinite(t).all()))
-        raise Diverged(trainer.global_step, trainer.current_epoch, first_bad)
+        first = self._first.clone()
+        if trainer.world_size > 1:  # the earliest step over ranks (-1 = never: ignore)
+            never = torch.iinfo(torch.long).max
+            first = torch.where(first < 0, never, first)
+            first = -trainer.strategy.reduce(-first, reduce_op="max")
+            first = torch.where(first == never, -1, first)
+        steps = first.tolist()
+        seen = [s for s in steps if s >= 0]
+        step = min(seen) if seen else trainer.global_step
+        name = next(
+            (
+                n
+                for n, s, f in zip(self._names, steps, flags.tolist(), strict=True)
+                if f and s == step
+            ),
+            next(n for n, f in zip(self._names, flags.tolist(), strict=True) if f),
+        )
+        raise Diverged(step, trainer.current_epoch, name)

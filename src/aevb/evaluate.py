@@ -24,7 +24,9 @@ from omegaconf import OmegaConf
 from aevb.atomic import write_json_atomic
 from aevb.config import ConfigError, EvalConfig
 from aevb.data import DataError
+from aevb.devices import check_accelerator, runtime_record
 from aevb.marginal_curve import marginal_log_likelihood
+from aevb.numerics import configure_numerics
 from aevb.runs import checkpoint_of, load_run
 
 #: aevb-eval's defaults; aevb-train's test/nll uses conf/train.yaml's smaller eval.iw_samples
@@ -75,7 +77,8 @@ def parse_overrides(overrides: list[str]) -> tuple[EvalConfig, str]:
 def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Evaluate the run (or checkpoint) `target`; writes and returns the eval.json record."""
     settings, accelerator = parse_overrides(list(overrides or []))
-    torch.set_flush_denormal(True)  # as in training (aevb.train.train): no slow subnormals
+    check_accelerator(accelerator, "accelerator")
+    configure_numerics()  # as aevb-train; test_step itself runs in IEEE float32
     run_dir, ckpt = resolve(target)
     run = load_run(run_dir, checkpoint=ckpt)
     model = run.model
@@ -107,7 +110,7 @@ def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str
             "checkpoint": str((ckpt or checkpoint_of(run_dir)).relative_to(run_dir)),
             "eval": dataclasses.asdict(settings),
             "num_test": len(run.datamodule.test_images),
-            "device": str(model.device),
+            **runtime_record(trainer),  # device, precision, world size, torch version
             "threads": torch.get_num_threads(),
             "seconds": round(seconds, 3),
         }

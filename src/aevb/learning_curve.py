@@ -22,6 +22,8 @@ from torch import Tensor
 from aevb.atomic import write_json_atomic
 from aevb.callbacks import tensorboard_writer
 from aevb.data import binarize_once
+from aevb.numerics import full_precision
+from aevb.rng import forked_streams
 
 #: file name of the curve inside a run dir
 CURVE_FILE = "learning_curve.json"
@@ -43,6 +45,12 @@ def log_grid(start: float, stop: float, per_decade: int) -> list[int]:
     return points
 
 
+def _samples_seen(model: L.LightningModule) -> int:
+    """Training samples seen over all ranks, from the host-side count (no device sync)."""
+    host = getattr(model, "samples_seen_host", None)
+    return int(model.samples_seen) if host is None else host
+
+
 class LearningCurve(L.Callback):
     """Train/test lower bounds at log-spaced training-sample counts (the paper's Fig. 2).
 
@@ -56,7 +64,8 @@ class LearningCurve(L.Callback):
             uses dynamic binarization, so the train bound is on data like the test bound's.
         num_test: test images evaluated (null = all).
         batch_size: images per forward pass.
-        seed: of the z draws (L=1 per image), from a forked RNG so training noise is unchanged.
+        seed: of the z draws (L=1 per image), on the CPU and device streams forked and set to
+            it (`aevb.rng.forked_streams`), so the training noise continues unchanged.
     """
 
     def __init__(
@@ -130,13 +139,12 @@ class LearningCurve(L.Callback):
         was_training = model.training
         model.eval()
         try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
+            with forked_streams(self.seed, model.device), full_precision():
                 train_elbo = self.mean_elbo(model, train_x)
                 test_elbo = self.mean_elbo(model, test_x)
         finally:
             model.train(was_training)
-        samples = int(model.samples_seen)
+        samples = _samples_seen(model)
         point = {
             "samples": samples,
             "step": int(trainer.global_step),
@@ -175,13 +183,13 @@ class LearningCurve(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
-        samples = int(pl_module.samples_seen)
+        samples = _samples_seen(pl_module)
         if samples >= self._next:
             self.evaluate(trainer, pl_module)
             self._next = self.next_after(samples)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        samples = int(pl_module.samples_seen)
+        samples = _samples_seen(pl_module)
         if not self.points or self.points[-1]["samples"] != samples:
             self.evaluate(trainer, pl_module)
 

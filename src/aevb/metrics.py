@@ -15,6 +15,8 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from aevb.hmc import appendix_d_log_likelihood
+from aevb.numerics import wide_dtype
+from aevb.rng import KeyedNormal
 
 KL_ESTIMATORS = ("analytic", "mc")
 
@@ -82,13 +84,15 @@ def importance_log_weights(
     k: int,
     chunk: int | None = None,
     generator: torch.Generator | None = None,
+    noise: KeyedNormal | None = None,
 ) -> Tensor:
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x) for k draws z_i ~ q(z|x): Tensor[k, B].
 
     `posterior` is a diagonal Gaussian (`diagonal_gaussian`) with batch [B]; x is encoded once by
-    the caller. Draws are z = mu + sigma * eps with eps from `generator`, one [B, D] draw per sample
-    index, so the result does not depend on `chunk`, the most decoder rows evaluated at once
-    (None: `IW_CHUNK` for the device).
+    the caller. Draws are z = mu + sigma * eps with eps from `noise` (keyed by example: the same
+    on every device, `aevb.rng.KeyedNormal`) or else from `generator` (on its own device, e.g. a
+    CPU generator for a GPU model), one [B, D] draw per sample index, so the result does not
+    depend on `chunk`, the most decoder rows evaluated at once (None: `IW_CHUNK` for the device).
     """
     if not (isinstance(k, int) and k >= 1):
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
@@ -103,12 +107,16 @@ def importance_log_weights(
     out = torch.empty(k, batch, dtype=loc.dtype, device=loc.device)
     for i in range(0, k, per_pass):
         s = min(per_pass, k - i)
-        eps = torch.stack(
-            [
-                torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=loc.device)
-                for _ in range(s)
-            ]
-        )
+        if noise is not None:
+            eps = noise.take(i, s).to(device=loc.device, dtype=loc.dtype)
+        else:
+            where = generator.device if generator is not None else loc.device
+            eps = torch.stack(
+                [
+                    torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=where)
+                    for _ in range(s)
+                ]
+            ).to(loc.device)
         z = loc + scale * eps  # [s, B, D]
         log_w = out[i : i + s]
         torch.sub(prior.log_prob(z), posterior.log_prob(z), out=log_w)
@@ -121,7 +129,7 @@ def importance_log_weights(
 
 
 def iwae_bound(log_w: Tensor, k: int | None = None) -> Tensor:
-    """The k-sample importance-weighted bound per datapoint, Tensor[B] (nats, float64).
+    """The k-sample importance-weighted bound per datapoint, Tensor[B] (nats, `wide_dtype`).
 
     IWAE_k = E[log (1/k) sum_i w_i] <= log p(x) (Burda et al., eq. 8), from log weights [N, B]:
     the mean over the N // k disjoint groups of k weights (k=N: the plain estimate of log p(x);
@@ -132,7 +140,7 @@ def iwae_bound(log_w: Tensor, k: int | None = None) -> Tensor:
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}] (the number of log weights), got {k}")
     groups = n // k
-    lw = log_w[: groups * k].to(torch.float64).view(groups, k, *log_w.shape[1:])
+    lw = log_w[: groups * k].to(wide_dtype(log_w.device)).view(groups, k, *log_w.shape[1:])
     return (torch.logsumexp(lw, dim=1) - math.log(k)).mean(0)
 
 
@@ -144,13 +152,15 @@ def iwae_log_likelihood(
     k: int,
     chunk: int | None = None,
     generator: torch.Generator | None = None,
+    noise: KeyedNormal | None = None,
 ) -> Tensor:
     """log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k: Tensor[B].
 
     The importance-sampling estimate of Burda et al. (2016); a lower bound in expectation that
     tightens as k grows. See `importance_log_weights` for sampling and chunking.
     """
-    return iwae_bound(importance_log_weights(x, posterior, decode, prior, k, chunk, generator))
+    log_w = importance_log_weights(x, posterior, decode, prior, k, chunk, generator, noise)
+    return iwae_bound(log_w)
 
 
 # ----- latent usage ---------------------------------------------------------------------------
@@ -164,13 +174,14 @@ def latent_activity_from_moments(n: Tensor | float, sum_: Tensor, sum_sq: Tensor
 
     Computed in float64 (population variance) so streaming sums over a test set stay exact enough.
     """
-    mean = sum_.to(torch.float64) / n
-    return (sum_sq.to(torch.float64) / n - mean**2).clamp_min(0.0)
+    wide = wide_dtype(sum_.device)
+    mean = sum_.to(wide) / n
+    return (sum_sq.to(wide) / n - mean**2).clamp_min(0.0)
 
 
 def latent_activity(means: Tensor) -> Tensor:
     """A_u = Cov_x(E_q[z_u|x]) over a dataset of posterior means [N, D] (Burda et al., sec. 5.2)."""
-    m = means.to(torch.float64)
+    m = means.to(wide_dtype(means.device))
     return latent_activity_from_moments(m.shape[0], m.sum(0), (m**2).sum(0))
 
 

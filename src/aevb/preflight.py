@@ -49,6 +49,12 @@ def check_command_line(
                 cfg = compose(config_name, job, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as err:
                 return _one_line(err, job, config_name)
+            try:  # the launcher's values, e.g. SLURM resources that follow trainer.devices
+                OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+            except OmegaConfBaseException as err:
+                return " ".join(str(err).splitlines()[0].split()).removeprefix(
+                    "ConfigError raised while resolving interpolation: "
+                )
             if validate is not None and not args.multirun and not args.cfg:
                 try:
                     validate(cfg)

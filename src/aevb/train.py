@@ -27,9 +27,11 @@ from aevb.atomic import write_json_atomic
 from aevb.callbacks import log_hparams
 from aevb.config import ConfigError, Settings, budget_steps
 from aevb.data import DataError, ImageDataModule
+from aevb.devices import check_accelerator, check_trainer, runtime_record
 from aevb.divergence import Diverged
 from aevb.mcem import MONITOR as MCEM_MONITOR
 from aevb.mcem import MonteCarloEM
+from aevb.numerics import configure_numerics
 from aevb.preflight import check_command_line
 from aevb.vae import VAE
 from aevb.wake_sleep import WakeSleep
@@ -65,13 +67,10 @@ def _as_floats(results: list[dict[str, Any]]) -> dict[str, float]:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, validate and test one configuration; returns the dict written to metrics.json."""
     settings = Settings.from_cfg(cfg)  # raises ConfigError before any work
+    check_trainer(cfg.trainer)
+    check_accelerator(cfg.trainer.get("accelerator"))  # here, not in preflight: a login node
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    torch.set_float32_matmul_precision("high")
-    # Adam's second moments of weights that see only zero pixels decay into subnormal floats;
-    # x86 CPUs compute those ~100x slower (the optimizer step took 2x as long by epoch 4).
-    # Flushing them to zero changes nothing above 1e-38; it must precede the first parallel op,
-    # since the intra-op worker threads inherit the mode when they start.
-    torch.set_flush_denormal(True)
+    configure_numerics()  # TF32 training matmuls, flushed subnormals (as aevb-eval)
     # epoch metrics are summed over ranks with strategy.reduce before logging (VAE._log_epoch):
     # Lightning's advice to add sync_dist=True does not apply
     warnings.filterwarnings("ignore", message=r".*sync_dist=True.*distributed setting.*")
@@ -95,9 +94,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         datamodule.prepare_data()
     datamodule.setup("fit")
-    if cfg.get("budget_samples") is not None:  # now exact: N is known (partial last batches)
-        n_train = len(datamodule.train_images)
-        steps = budget_steps(cfg.budget_samples, settings.data.batch_size, n_train)
+    if cfg.get("budget_samples") is not None:  # now exact: N and the ranks are known
+        n_train, world = len(datamodule.train_images), trainer.world_size
+        steps = budget_steps(cfg.budget_samples, settings.data.batch_size, n_train, world)
         trainer.fit_loop.epoch_loop.max_steps = steps  # what Trainer(max_steps=...) sets
     model_cls = {"wake_sleep": WakeSleep, "mcem": MonteCarloEM}.get(settings.model.algorithm, VAE)
     model = model_cls(**settings.model_kwargs(datamodule.data_shape, len(datamodule.train_images)))
@@ -148,6 +147,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "wall_time_s": round(time.perf_counter() - start, 3),
             "fit_time_s": round(fit_seconds, 3),
             "hparams": settings.hparams(),
+            **runtime_record(trainer),
         }
     )
     final = {
@@ -287,6 +287,7 @@ def _full_error() -> bool:
 def _validate(cfg: DictConfig) -> None:
     """Every check that needs no data or model: values (Settings) and that ckpt_path exists."""
     Settings.from_cfg(cfg)
+    check_trainer(cfg.trainer)
     path = cfg.get("ckpt_path")
     if path is not None and not Path(path).is_file():
         raise ConfigError(

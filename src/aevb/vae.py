@@ -16,8 +16,11 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from aevb import lr_schedules, metrics
+from aevb.distributed import gather_rng_states, seed_rank_streams
 from aevb.likelihoods import build_likelihood
 from aevb.networks import build_networks, init_normal_
+from aevb.numerics import full_precision, wide_dtype
+from aevb.rng import KeyedNormal
 
 #: per-datapoint quantities logged as `{train,val,test}/<name>` (epoch means, nats)
 LOGGED_TERMS = ("elbo", "recon", "kl", "loss")
@@ -108,6 +111,8 @@ class VAE(L.LightningModule):
         self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
         #: training datapoints processed so far, over all ranks (saved in checkpoints)
         self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
+        #: the same count as a Python int, read by callbacks every step without a device sync
+        self.samples_seen_host = 0
         #: metric prefix used by `test_step` (the entry point renames it to test another model)
         self.test_prefix = "test"
         #: per-prefix running sums of LOGGED_TERMS and the datapoint count, on the device
@@ -145,11 +150,11 @@ class VAE(L.LightningModule):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n images E[x|z] with z ~ p(z): Tensor[n, C, H, W]."""
-        z = torch.randn(
-            n, self.hparams.latent_dim, generator=generator, device=self.prior_loc.device
-        )
-        return self.likelihood.mean(self.decoder(z))
+        """n images E[x|z] with z ~ p(z): Tensor[n, C, H, W] (z drawn on the generator's device,
+        e.g. a CPU generator for the same images on any device)."""
+        where = generator.device if generator is not None else self.prior_loc.device
+        z = torch.randn(n, self.hparams.latent_dim, generator=generator, device=where)
+        return self.likelihood.mean(self.decoder(z.to(self.prior_loc.device)))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -208,8 +213,9 @@ class VAE(L.LightningModule):
     def _accumulate(self, prefix: str, terms: metrics.ELBOTerms, loss: Tensor) -> None:
         """Add a batch's sums to the epoch totals on the device (no host sync, no per-step log)."""
         n = terms.elbo.shape[0]
+        count = loss.new_full((), n)  # a fill on the device, not a host-to-device copy
         values = torch.stack(
-            [terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss * n, loss.new_tensor(n)]
+            [terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss * n, count]
         ).detach()
         if prefix in self._epoch_sums:
             self._epoch_sums[prefix] += values
@@ -227,8 +233,15 @@ class VAE(L.LightningModule):
         self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)  # already reduced
         return values
 
+    def count_samples(self, n: int) -> None:
+        """Add a step's n datapoints per rank to `samples_seen` (all ranks: n x world size; each
+        rank's shard has the same length, so every step trains n on every rank)."""
+        n *= self.trainer.world_size
+        self.samples_seen += n
+        self.samples_seen_host += n
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        self.samples_seen += batch[0].shape[0] * self.trainer.world_size
+        self.count_samples(batch[0].shape[0])
         if self.hparams.kl_warmup_steps > 0 and batch_idx % self.trainer.log_every_n_steps == 0:
             self._log_direct({"train/beta": self.beta_at(self.global_step)})
         return self._step(batch, "train")
@@ -263,9 +276,19 @@ class VAE(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        with full_precision():  # evaluation in IEEE float32, no TF32 (aevb.numerics)
+            self._test_step(batch)
+
+    def _test_step(self, batch: tuple[Tensor, ...]) -> None:
         self._step(batch, self.test_prefix)
-        self._accumulate_test_extras(batch[0], self.test_prefix)
+        x = batch[0]
+        if len(batch) > 2:  # rows in the test split (aevb.data.TensorLoader with_index)
+            index = batch[2]
+        else:  # a loader without rows: count this rank's images
+            index = torch.arange(self._test_seen, self._test_seen + x.shape[0])
+        self._test_seen += x.shape[0]
+        self._accumulate_test_extras(x, self.test_prefix, index)
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
@@ -286,25 +309,27 @@ class VAE(L.LightningModule):
     evaluation: EvaluationSettings = EvaluationSettings()
 
     def on_test_epoch_start(self) -> None:
-        self._iw_generator = torch.Generator(device=self.device)
-        self._iw_generator.manual_seed(self.evaluation.seed + 7919 * self.global_rank)
         self._test_extras: dict[str, dict[str, Tensor]] = {}
+        self._test_seen = 0
 
-    def _accumulate_test_extras(self, x: Tensor, prefix: str) -> None:
-        """Add a batch's sums of log p(x), IWAE bounds and latent moments (float64, on device)."""
+    def _accumulate_test_extras(self, x: Tensor, prefix: str, index: Tensor) -> None:
+        """Add a batch's sums of log p(x), IWAE bounds and latent moments (`numerics.wide_dtype`,
+        on the device). The importance samples of image i are keyed by (eval seed, index[i]):
+        the same on every device and for any number of ranks (`aevb.rng.KeyedNormal`)."""
         spec = self.evaluation
         posterior = self.encode(x)
-        mean = posterior.mean.to(torch.float64)
+        wide = wide_dtype(x.device)
+        mean = posterior.mean.to(wide)
         sums = {
-            "n": mean.new_tensor(x.shape[0]),
+            "n": mean.new_full((), x.shape[0]),
             "mean": mean.sum(0),
             "mean_sq": (mean**2).sum(0),
-            "kl": metrics.kl_per_dim(posterior, self.prior).to(torch.float64).sum(0),
+            "kl": metrics.kl_per_dim(posterior, self.prior).to(wide).sum(0),
         }
         if spec.iw_samples > 0:
-            gen, k = self._iw_generator, spec.iw_samples
+            noise = KeyedNormal(spec.seed, index.cpu(), self.hparams.latent_dim)
             log_w = metrics.importance_log_weights(
-                x, posterior, self.decode, self.prior, k, spec.chunk, gen
+                x, posterior, self.decode, self.prior, spec.iw_samples, spec.chunk, noise=noise
             )
             sums["log_px"] = metrics.iwae_bound(log_w).sum()
             for k in spec.iwae_ks:
@@ -337,12 +362,11 @@ class VAE(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # the RNG streams that draw z (CPU, and the accelerator's), so a resumed run continues
-        # with the same noise as an uninterrupted one (data order and binarization are seeded
-        # by epoch already)
-        checkpoint["rng_states"] = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        # every rank's RNG streams that draw z (CPU, and the accelerator's), so a resumed run
+        # continues with the same noise as an uninterrupted one (data order and binarization
+        # are seeded by epoch already); collective: Lightning calls this on every rank
+        if self._trainer is not None:
+            checkpoint["rng_states"] = gather_rng_states(self.trainer)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # applied when training resumes (on_train_start), not on every load: loading a model
@@ -350,12 +374,11 @@ class VAE(L.LightningModule):
         self._resume_rng_states = checkpoint.get("rng_states")
 
     def on_train_start(self) -> None:
-        states = getattr(self, "_resume_rng_states", None) or {}
+        # each rank restores its own saved streams, or (fresh run) ranks > 0 get their own seed
+        states = getattr(self, "_resume_rng_states", None)
         self._resume_rng_states = None
-        if "cpu" in states:
-            torch.set_rng_state(states["cpu"])
-        if "cuda" in states and self.device.type == "cuda":
-            torch.cuda.set_rng_state(states["cuda"], self.device)
+        seed_rank_streams(self.trainer, states)
+        self.samples_seen_host = int(self.samples_seen)  # one sync, after a resume's load
 
     def on_fit_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)

@@ -54,7 +54,7 @@ class WakeSleep(VAE):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0]
-        self.samples_seen += x.shape[0] * self.trainer.world_size
+        self.count_samples(x.shape[0])
         terms, wake = self.wake_loss(x)
         sleep = self.sleep_loss(x.shape[0])
         loss = wake + sleep
