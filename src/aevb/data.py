@@ -179,6 +179,13 @@ class TensorLoader:
     rows = each image's row in its split, which keys its evaluation noise (`aevb.rng`).
     Exposes `sampler` (with `set_epoch`) and `batch_sampler = None` the way Lightning inspects a
     DataLoader.
+
+    With `position` (the number of training batches the run has completed, read when an epoch's
+    iteration starts), the loader places itself: epoch = position // len(self), and it skips the
+    position % len(self) batches of that epoch already trained. The order and the binarization
+    noise then depend only on how far the run got, not on Lightning's epoch counter, which a
+    step-limited run (`budget_samples`) resumed from an end-of-epoch checkpoint advances twice
+    (Lightning 2.6), so a resumed run sees exactly the batches an uninterrupted one would.
     """
 
     batch_sampler = None
@@ -192,16 +199,22 @@ class TensorLoader:
         binarize: bool = False,
         drop_last: bool = False,
         with_index: bool = False,
+        position: Callable[[], int] | None = None,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.sampler = batch_size, sampler
         self.binarize, self.drop_last, self.with_index = binarize, drop_last, with_index
+        self.position = position
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+        skip = 0
+        if self.position is not None and len(self) > 0:
+            epoch, skip = divmod(self.position(), len(self))
+            self.sampler.set_epoch(epoch)
         idx = self.sampler.indices().to(self.images.device)
         gen = None
         if self.binarize:
@@ -212,7 +225,9 @@ class TensorLoader:
             rows = idx[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images.index_select(0, rows)
             if gen is not None:
-                x = bernoulli_sample(x, gen)
+                x = bernoulli_sample(x, gen)  # drawn for skipped batches too: same stream
+            if b < skip:
+                continue
             if self.with_index:
                 yield x, self.labels.index_select(0, rows), rows
             else:
@@ -362,7 +377,15 @@ class ImageDataModule(L.LightningDataModule):
             binarize=train and self.binarize == "dynamic",
             drop_last=False,
             with_index=not train,
+            position=self._batches_trained if train else None,
         )
+
+    def _batches_trained(self) -> int:
+        """Training batches the attached trainer has completed (restored on resume)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.total.completed
 
     def train_dataloader(self) -> TensorLoader:
         return self._loader(self.train_images, self.train_labels, train=True)
