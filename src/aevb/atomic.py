@@ -7,6 +7,7 @@ so collaborators who can read the run dir can read its results.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -37,3 +38,22 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write `obj` as indented JSON to `path` atomically."""
     return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+#: what to do about a failed read or write, by errno
+_ADVICE = {
+    errno.ENOSPC: "free space there or write the run elsewhere (hydra.run.dir=...)",
+    errno.EDQUOT: "free space within your quota or write the run elsewhere (hydra.run.dir=...)",
+    errno.EROFS: "the filesystem is read-only: write the run elsewhere (hydra.run.dir=...)",
+    errno.EACCES: "no permission: fix the permissions or write the run elsewhere",
+    errno.EPERM: "no permission: fix the permissions or write the run elsewhere",
+    errno.ENOENT: "the file or directory does not exist: check the path",
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for a failed file operation: what failed, on which path, and what to do."""
+    path = err.filename if err.filename is not None else "a file"
+    what = err.strerror or str(err)
+    advice = _ADVICE.get(err.errno, "check the path and the filesystem")
+    return f"{what}: {path}; {advice}"
