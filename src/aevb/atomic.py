@@ -41,12 +41,13 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
 
 
 #: what to do about a failed read or write, by errno
+_ELSEWHERE = "write elsewhere (aevb-train: hydra.run.dir=...)"
 _ADVICE = {
-    errno.ENOSPC: "free space there or write the run elsewhere (hydra.run.dir=...)",
-    errno.EDQUOT: "free space within your quota or write the run elsewhere (hydra.run.dir=...)",
-    errno.EROFS: "the filesystem is read-only: write the run elsewhere (hydra.run.dir=...)",
-    errno.EACCES: "no permission: fix the permissions or write the run elsewhere",
-    errno.EPERM: "no permission: fix the permissions or write the run elsewhere",
+    errno.ENOSPC: f"free space on that filesystem or {_ELSEWHERE}",
+    errno.EDQUOT: f"free space within your quota or {_ELSEWHERE}",
+    errno.EROFS: f"the filesystem is read-only: {_ELSEWHERE}",
+    errno.EACCES: f"no permission: fix the permissions or {_ELSEWHERE}",
+    errno.EPERM: f"no permission: fix the permissions or {_ELSEWHERE}",
     errno.ENOENT: "the file or directory does not exist: check the path",
 }
 

@@ -107,7 +107,9 @@ def load(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, A
     return ckpt
 
 
-def check_identity(cfg: DictConfig | Mapping[str, Any], ckpt: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
+def check_identity(
+    cfg: DictConfig | Mapping[str, Any], ckpt: Mapping[str, Any], path: str | os.PathLike[str]
+) -> None:
     """Refuse a checkpoint whose data, model, objective or optimizer differ from `cfg`.
 
     The reference is the identity stored in the checkpoint, else the `.hydra/config.yaml` of
