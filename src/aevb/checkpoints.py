@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -72,11 +71,15 @@ def identity(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def difference(expected: Mapping[str, Any], given: Mapping[str, Any]) -> str | None:
-    """The first key where two `identity` records differ, as `key=<given> (checkpoint: <x>)`."""
-    for key in sorted(set(expected) | set(given)):
+    """The first key where two `identity` records differ, as `key=<given> (checkpoint: <x>)`.
+
+    A key only one side has (a config key added, or removed, since the checkpoint was written)
+    is not a difference: its default is taken to reproduce the old behaviour.
+    """
+    for key in sorted(set(expected) & set(given)):
         if key.split(".")[0] not in IDENTITY_SECTIONS or key in PORTABLE_KEYS:
             continue
-        mine, theirs = given.get(key, "<absent>"), expected.get(key, "<absent>")
+        mine, theirs = given[key], expected[key]
         if mine != theirs:
             return f"{key}={mine} in the config, {key}={theirs} in the checkpoint"
     return None
@@ -96,7 +99,7 @@ def load(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, A
             f"{path}: refused, it holds more than tensors and plain data ({what[:160]}); "
             "aevb loads checkpoints with torch.load(weights_only=True) and never runs their code"
         ) from err
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 -- garbage makes the unpickler raise anything
         reason = " ".join(str(err).split())[:160]
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({reason}); it is truncated or corrupt, "

@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aevb import signals
 from aevb.atomic import describe_os_error, write_json_atomic
@@ -204,6 +205,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except OSError as err:
         print(f"aevb-eval: error: {describe_os_error(err)}", file=sys.stderr)
+        sys.exit(2)
+    except OmegaConfBaseException as err:  # a key missing from the run's .hydra/config.yaml
+        first = str(err).splitlines()[0]
+        print(
+            f"aevb-eval: error: {args.run}/.hydra/config.yaml: {err.full_key}: {first}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except (MemoryError, torch.OutOfMemoryError) as err:
         print(

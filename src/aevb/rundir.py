@@ -10,7 +10,8 @@
   - a dir that is not writable;
   - a run dir that already holds a run, unless this launch resumes it (`resume=auto`, a SLURM
     requeue with `resume=requeue`, or `ckpt_path` inside it) with the same data, model,
-    objective and optimizer (`checkpoints.identity`);
+    objective and optimizer (`checkpoints.identity`); `resume=auto` restarts a run that never
+    wrote checkpoints/last.ckpt;
   - a `ckpt_path` that cannot be loaded safely or belongs to another config;
   - a sweep dir that already holds jobs, unless `resume=auto`.
 - Sweep jobs are named by the `aevb.job_dir` resolver (hydra.sweep.subdir): a job whose
@@ -113,18 +114,27 @@ def is_secondary_rank(env: Mapping[str, str] = os.environ) -> bool:
     return any(int(env.get(k, "0") or 0) > 0 for k in keys)
 
 
+def check_ckpt_path(cfg: DictConfig) -> None:
+    """Refuse a `ckpt_path` that cannot be loaded safely or belongs to another config."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:
+        try:
+            checkpoints.check_identity(cfg, checkpoints.load(ckpt_path), ckpt_path)
+        except checkpoints.CheckpointError as err:
+            raise checkpoints.CheckpointError(f"ckpt_path: {err}") from err
+
+
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse to start in `run_dir` unless it is new or this launch resumes its run."""
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None:
-        ckpt = checkpoints.load(ckpt_path)
-        checkpoints.check_identity(cfg, ckpt, ckpt_path)
     old_config = run_dir / ".hydra" / "config.yaml"
     if not old_config.is_file():
         return
-    resumed = resume_checkpoint(cfg.get("resume", "never"), run_dir)
+    resume = cfg.get("resume", "never")
+    resumed = resume_checkpoint(resume, run_dir)
     inside = ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run_dir)
-    if resumed is None and not inside:
+    restart = resume == "auto" and not last_checkpoint(run_dir).exists()  # nothing to lose
+    if resumed is None and not inside and not restart:
         raise RunDirError(
             f"hydra.run.dir {run_dir} already holds a run; resume it with resume=auto "
             f"(it needs {last_checkpoint(run_dir).relative_to(run_dir)}), or choose a new "
@@ -187,6 +197,7 @@ class RunDirGuard(Callback):
         # resolving here fixes ${now:...} for the run: Hydra caches it on this config object
         run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
         try:
+            check_ckpt_path(config)  # before the lock creates the run dir
             lock(run_dir, "hydra.run.dir")
             check_run_dir(config, run_dir)
         except (RunDirError, checkpoints.CheckpointError, ValueError) as err:

@@ -25,8 +25,12 @@ import lightning as L
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class Interrupted(Exception):  # noqa: N818 -- a state, like KeyboardInterrupt
-    """A run stopped by SIGINT/SIGTERM; `exit_code` = 128 + signal number."""
+class Interrupted(BaseException):  # noqa: N818 -- a state, like KeyboardInterrupt
+    """A run stopped by SIGINT/SIGTERM; `exit_code` = 128 + signal number.
+
+    A BaseException, like KeyboardInterrupt, so that `except Exception` (Hydra's job runner,
+    a sweep's failed-job handling) lets it through.
+    """
 
     def __init__(self, signum: int, detail: str = "") -> None:
         self.signum = signum

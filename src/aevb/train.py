@@ -21,6 +21,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from aevb import checkpoints, signals
 from aevb.atomic import describe_os_error, write_json_atomic
@@ -267,10 +268,12 @@ def _app(cfg: DictConfig) -> float | None:
             file=sys.stderr,
         )
         sys.exit(err.exit_code)
-    except (ConfigError, DataError, ValueError, Diverged, OSError) as err:
+    except (ConfigError, DataError, ValueError, Diverged, OSError, OmegaConfBaseException) as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN or _full_error():
             raise  # multirun: Hydra records the failed job and the sweep goes on
         text = describe_os_error(err) if isinstance(err, OSError) else str(err)
+        if isinstance(err, OmegaConfBaseException):  # e.g. a required key deleted with ~key
+            text = f"{err.full_key}: {str(err).splitlines()[0]}; set it (e.g. in conf/train.yaml)"
         print(f"aevb-train: error: {text}", file=sys.stderr)
         sys.exit(3 if isinstance(err, Diverged) else 2)
     return metrics.get("best_val/elbo")
@@ -299,7 +302,12 @@ def main() -> None:
     if problem:
         print(f"aevb-train: error: {problem}", file=sys.stderr)
         sys.exit(2)
-    _app()
+    try:
+        with signals.raising():  # also while Hydra sets up, before train() starts
+            _app()
+    except signals.Interrupted as err:
+        print(f"aevb-train: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":
