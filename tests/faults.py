@@ -49,8 +49,10 @@ class NoImprovement(L.Callback):
     """From epoch 1 on, make the best score unbeatable: best.ckpt is never rewritten again."""
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        ckpt = trainer.checkpoint_callback
         if trainer.current_epoch >= 1:
-            trainer.checkpoint_callback.best_model_score = torch.tensor(float("inf"))
+            ckpt.best_k_models = {path: torch.tensor(float("inf")) for path in ckpt.best_k_models}
+            ckpt.best_model_score = ckpt.kth_value = torch.tensor(float("inf"))
 
 
 class SignalAt(L.Callback):

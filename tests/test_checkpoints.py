@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from aevb import checkpoints, runs
+from aevb import atomic, checkpoints, runs
 
 from .conftest import REPO, run_cli
 from .fs import read_only, small_tmpfs
@@ -45,13 +45,13 @@ def test_a_crash_mid_checkpoint_leaves_the_previous_file(tmp_path, monkeypatch) 
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, target)
     before = target.read_bytes()
 
-    def full_disk(obj, f) -> None:
-        f.write(b"half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoints.torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space") as err:
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, target)
+    assert err.value.filename == str(target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
     assert io.load_checkpoint(target)["global_step"] == 1

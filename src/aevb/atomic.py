@@ -29,8 +29,10 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None and err.strerror:  # name the file
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     return path
 

@@ -1,7 +1,8 @@
 """Checkpoints of a run: written atomically, loaded without running code, checked against config.
 
-- `AtomicCheckpointIO` (a Lightning CheckpointIO plugin): every checkpoint is written to a temp
-  file beside its target, fsynced and renamed over it, so a kill or a full disk leaves the
+- `AtomicCheckpointIO` (a Lightning CheckpointIO plugin): every checkpoint is serialized in
+  memory, then written to a temp file beside its target, fsynced and renamed over it
+  (`atomic.write_bytes_atomic`), so a kill or a full disk leaves the
   previous file, never a truncated one, whatever filesystems the run dir and $TMPDIR are on.
   It also stores the config that identifies the run (`identity`) under `IDENTITY_KEY`.
 - `RunCheckpoint` (a ModelCheckpoint): best.ckpt by the monitored metric as usual, and last.ckpt
@@ -15,10 +16,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from aevb.atomic import write_bytes_atomic
 
 #: checkpoint key holding `identity(cfg)` of the run that wrote it
 IDENTITY_KEY = "aevb_identity"
@@ -133,7 +136,7 @@ def check_identity(
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to a same-directory temp file + fsync + rename; loads with weights_only=True.
+    """torch.save, then a same-directory temp file + fsync + rename; loads weights_only=True.
 
     `identity` (see `identity()`) is stored in every checkpoint under `IDENTITY_KEY`.
     """
@@ -148,31 +151,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO does not take storage_options")
         if self.run_identity:
             checkpoint = {**checkpoint, IDENTITY_KEY: self.run_identity}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomic(path, lambda f: torch.save(checkpoint, f))
+        buffer = io.BytesIO()  # torch's zip writer turns ENOSPC into an opaque RuntimeError
+        torch.save(checkpoint, buffer)
+        write_bytes_atomic(path, buffer.getvalue())
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return load(path, map_location=map_location if map_location is not None else "cpu")
-
-
-def save_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Call `write(file)` on a temp file beside `path`, fsync it, rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RunCheckpoint(ModelCheckpoint):
