@@ -37,3 +37,19 @@ def test_aevb_eval_of_a_run_config_missing_a_key_is_one_line(data_root, tmp_path
     err = capsys.readouterr().err.strip()
     assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("aevb-eval: error: ") and "data.name" in err
+
+
+def test_figures_and_step_size_name_a_metrics_json_that_is_not_an_object(tmp_path) -> None:
+    from aevb import figures, step_size
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(
+        OmegaConf.create({"data": {"name": "mnist"}, "model": {"latent_dim": 2}}),
+        run / ".hydra" / "config.yaml",
+    )
+    (run / "metrics.json").write_text('"completed"')
+    (info,) = figures.find_runs([tmp_path])
+    assert info.metrics == {}
+    with pytest.raises(step_size.StepSizeError, match="metrics.json is not a JSON object"):
+        step_size.score(run, None, 1)
