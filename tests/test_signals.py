@@ -41,6 +41,21 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+def _wait_caught(proc: subprocess.Popen, signum: int, timeout: float = 120) -> None:
+    """Wait until `proc` has a handler for `signum` (Linux: the SigCgt mask in /proc)."""
+    end = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        caught = int(
+            next(ln for ln in status.splitlines() if ln.startswith("SigCgt:")).split()[1], 16
+        )
+        if caught >> (signum - 1) & 1:
+            return
+        assert time.monotonic() < end, "no handler installed"
+        time.sleep(0.05)
+
+
 def test_raising_turns_a_signal_into_interrupted_with_its_exit_code() -> None:
     with pytest.raises(signals.Interrupted) as err, signals.raising():
         os.kill(os.getpid(), signal.SIGTERM)
@@ -130,7 +145,8 @@ def test_aevb_eval_stops_within_a_batch(finished, tmp_path, earlier) -> None:
     proc = _popen(
         [str(finished), "eval.iw_samples=100000", "eval.iwae_ks=[1]"], tmp_path, "aevb.evaluate"
     )
-    time.sleep(8)  # past the imports and the model load, inside the first batch
+    _wait_caught(proc, signal.SIGTERM)  # aevb-eval started (past the imports)
+    time.sleep(3)  # loading the run, or inside the first batch
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)

@@ -238,10 +238,13 @@ def _record_interrupted(err: signals.Interrupted, run_dir: Path) -> None:
     if is_secondary_rank():
         return
     last = run_dir / "checkpoints" / "last.ckpt"
-    step = int(checkpoints.load(last).get("global_step", -1)) if last.is_file() else None
     record = {"status": "interrupted", "error": str(err), "signal": err.name}
-    record.update(last_checkpoint="checkpoints/last.ckpt" if step is not None else None)
-    write_json_atomic(run_dir / "metrics.json", {**record, "last_checkpoint_step": step})
+    try:  # best effort: the exit status says interrupted anyway
+        step = int(checkpoints.load(last).get("global_step", -1)) if last.is_file() else None
+        record.update(last_checkpoint="checkpoints/last.ckpt" if step is not None else None)
+        write_json_atomic(run_dir / "metrics.json", {**record, "last_checkpoint_step": step})
+    except (OSError, checkpoints.CheckpointError) as problem:
+        log.warning("metrics.json not written: %s", problem)
 
 
 def _summary(metrics: dict[str, Any], run_dir: Path) -> str:
