@@ -16,10 +16,13 @@ from typing import Any
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to `path` atomically; returns the path."""
+    """Write `data` to `path` atomically; returns the path. An OSError names `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _naming(err, path) from err
     umask = os.umask(0)
     os.umask(umask)
     try:
@@ -31,10 +34,15 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.filename is None and err.strerror:  # name the file
-            raise OSError(err.errno, err.strerror, str(path)) from err
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
     return path
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """`err` naming the target `path` (not the temp file, or nothing)."""
+    return OSError(err.errno, err.strerror or str(err), str(path)) if err.errno else err
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
