@@ -172,7 +172,7 @@ def test_aevb_eval_reports_progress_and_survives_a_read_only_run_dir(
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert "aevb-eval: test batch 1/2 (50%)" in err and "test batch 2/2 (100%)" in err
-    (line,) = [ln for ln in err.splitlines() if "error" in ln]
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("aevb-eval: error")]
     assert "Read-only file system" in line and str(finished / "eval.json") in line
     saved = json.loads((tmp_path / f"{finished.name}.eval.json").read_text())
     assert saved["status"] == "completed" and "test/elbo" in saved  # the computation is kept
