@@ -83,7 +83,10 @@ def run_cli(
     """Run a console script (through `python -m` so the current interpreter is used)."""
     module = {"aevb-train": "aevb.train"}.get(script, script)
     inherited = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env = {**inherited, "OMP_NUM_THREADS": "1", **(env or {})}
+    extra = dict(env or {})
+    if "PYTHONPATH" in extra and inherited.get("PYTHONPATH"):  # keep a worktree's src/ first
+        extra["PYTHONPATH"] = inherited["PYTHONPATH"] + os.pathsep + extra["PYTHONPATH"]
+    full_env = {**inherited, "OMP_NUM_THREADS": "1", **extra}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

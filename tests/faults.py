@@ -43,3 +43,24 @@ class RequireFlushedSubnormals(L.Callback):
         tiny = torch.full((1 << 20,), 1e-30) * 1e-10
         if bool((tiny != 0).any()):
             raise RuntimeError("subnormal floats are not flushed to zero")
+
+
+class NoImprovement(L.Callback):
+    """From epoch 1 on, make the best score unbeatable: best.ckpt is never rewritten again."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        ckpt = trainer.checkpoint_callback
+        if trainer.current_epoch >= 1:
+            ckpt.best_k_models = {path: torch.tensor(float("inf")) for path in ckpt.best_k_models}
+            ckpt.best_model_score = ckpt.kth_value = torch.tensor(float("inf"))
+
+
+class SignalAt(L.Callback):
+    """Send this process `signum` at training step `at_step` (as `kill` from outside would)."""
+
+    def __init__(self, at_step: int, signum: int = signal.SIGTERM) -> None:
+        self.at_step, self.signum = at_step, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), self.signum)

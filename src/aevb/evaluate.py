@@ -6,12 +6,17 @@ IWAE bounds test/iwae_k{K}, active units, per-dimension KL and posterior-mean ac
 writes them to RUN/eval.json atomically (metrics.json is never touched). Prints one line.
 `eval.marginal=hmc` adds test/nll_hmc, the Appendix D estimate (aevb.marginal_curve) on the
 first `eval.hmc_points` test images, for every algorithm (MCEM, without an encoder, has only it).
+Progress goes to stderr every 10 s. SIGINT/SIGTERM stop it at once (exit 130/143); eval.json
+then says `interrupted` unless it holds an earlier completed result, which is kept. When RUN is
+not writable, the record goes to ./<run name>.eval.json (else stdout), never lost.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,13 +25,16 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from aevb.atomic import write_json_atomic
+from aevb import signals
+from aevb.atomic import describe_os_error, write_json_atomic
 from aevb.config import ConfigError, EvalConfig
 from aevb.data import DataError
 from aevb.devices import check_accelerator, runtime_record
 from aevb.marginal_curve import marginal_log_likelihood
 from aevb.numerics import configure_numerics
+from aevb.progress import EvalProgress
 from aevb.runs import checkpoint_of, load_run
 
 #: aevb-eval's defaults; aevb-train's test/nll uses conf/train.yaml's smaller eval.iw_samples
@@ -83,6 +91,7 @@ def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str
     run = load_run(run_dir, checkpoint=ckpt)
     model = run.model
     model.evaluation = settings.test_evaluation()
+    check_memory(settings, run.datamodule.eval_batch_size, accelerator)
     L.seed_everything(settings.seed, workers=False, verbose=False)
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -92,10 +101,12 @@ def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(run_dir),
+        callbacks=[EvalProgress()],
     )
     start = time.perf_counter()
     results = trainer.test(model, datamodule=run.datamodule, verbose=False)
-    record: dict[str, Any] = {k: float(v) for r in results for k, v in r.items()}
+    record: dict[str, Any] = {"status": "completed"}
+    record.update({k: float(v) for r in results for k, v in r.items()})
     if settings.marginal == "hmc":  # the same estimate for every algorithm
         x = run.datamodule.test_images[: settings.hmc_points]
         log_px = marginal_log_likelihood(model, x, seed=settings.seed)
@@ -115,8 +126,56 @@ def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str
             "seconds": round(seconds, 3),
         }
     )
-    write_json_atomic(run_dir / "eval.json", record)
+    save_record(run_dir, record)
     return record
+
+
+def check_memory(settings: EvalConfig, batch: int, accelerator: str) -> None:
+    """Refuse an eval.iw_samples whose [k, batch] log-weights would not fit in free CPU memory."""
+    if settings.iw_samples == 0 or accelerator == "gpu" or torch.cuda.is_available():
+        return
+    need = settings.iw_samples * batch * 4 * 2  # float32 log-weights, plus a same-size temporary
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free:
+        raise ConfigError(
+            "eval.iw_samples",
+            f"a k whose log-weights fit in memory ({need / 2**30:.1f} GiB for batches of {batch} "
+            f"test images, {free / 2**30:.1f} GiB free; k <= {free // (batch * 8)})",
+            settings.iw_samples,
+        )
+
+
+def save_record(run_dir: Path, record: dict[str, Any]) -> bool:
+    """Write eval.json into the run dir atomically; False if an interrupted record was not
+    written because eval.json holds a completed result.
+
+    If the run dir is not writable, the record goes to ./<run name>.eval.json (else to stdout)
+    and an OSError naming where it went is raised: a finished computation is never lost.
+    """
+    target = run_dir / "eval.json"
+    if record.get("status") != "completed" and _completed(target):
+        return False
+    try:
+        write_json_atomic(target, record)
+    except OSError as err:
+        where = Path.cwd() / f"{run_dir.name}.eval.json"
+        try:
+            write_json_atomic(where, record)
+        except OSError:
+            print(json.dumps(record, indent=2, sort_keys=True))
+            where = "stdout"
+        raise OSError(
+            err.errno, f"{err.strerror} (the result is in {where})", err.filename
+        ) from err
+    return True
+
+
+def _completed(path: Path) -> bool:
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and old.get("status", "completed") == "completed"
 
 
 def summary(record: dict[str, Any], run_dir: Path) -> str:
@@ -145,9 +204,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     args = parser.parse_args(argv)
     try:
-        record = evaluate(args.run, args.overrides)
+        with signals.raising():
+            record = evaluate(args.run, args.overrides)
+    except signals.Interrupted as err:
+        run_dir = resolve(args.run)[0]
+        written = save_record(run_dir, {"status": "interrupted", "error": str(err)})
+        note = "eval.json says interrupted" if written else "the completed eval.json is kept"
+        print(f"aevb-eval: {err}; {note}", file=sys.stderr)
+        sys.exit(err.exit_code)
     except (FileNotFoundError, ConfigError, DataError, ValueError) as err:
         print(f"aevb-eval: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        print(f"aevb-eval: error: {describe_os_error(err)}", file=sys.stderr)
+        sys.exit(2)
+    except OmegaConfBaseException as err:  # a key missing from the run's .hydra/config.yaml
+        first = str(err).splitlines()[0]
+        print(
+            f"aevb-eval: error: {args.run}/.hydra/config.yaml: {err.full_key}: {first}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    except (MemoryError, torch.OutOfMemoryError) as err:
+        print(
+            f"aevb-eval: error: out of memory ({type(err).__name__}); lower eval.iw_samples or "
+            "set eval.iw_chunk to fewer decoder rows per pass",
+            file=sys.stderr,
+        )
         sys.exit(2)
     print(summary(record, resolve(args.run)[0]))
 

@@ -110,6 +110,8 @@ def read_run(path: Path) -> RunInfo | None:
             info.metrics = json.loads(metrics_file.read_text())
         except ValueError:
             info.metrics = {}
+        if not isinstance(info.metrics, dict):  # valid JSON, not an object: no metrics
+            info.metrics = {}
     return info
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from aevb import checkpoints
 from aevb.data import ImageDataModule
 from aevb.mcem import MonteCarloEM
 from aevb.vae import VAE
@@ -40,7 +41,9 @@ def load_run(
 ) -> Run:
     """Load a run written by `aevb-train`: the same data (and binarization seeds) and best model.
 
-    `checkpoint` picks another checkpoint of the run (default: `checkpoint_of(run_dir)`).
+    `checkpoint` picks another checkpoint of the run (default: `checkpoint_of(run_dir)`). The
+    checkpoint is loaded without running code and must match the run's data, model, objective
+    and optimizer (`checkpoints.check_identity`); else a one-line `CheckpointError`.
     """
     from aevb.config import Settings  # late: config imports every module
 
@@ -58,8 +61,14 @@ def load_run(
     data_kwargs.update(root=str(root), download=False)
     ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_of(run_dir)
     model_cls = {"wake_sleep": WakeSleep, "mcem": MonteCarloEM}.get(settings.model.algorithm, VAE)
-    model = model_cls.load_from_checkpoint(ckpt, map_location=map_location)
+    checkpoints.check_identity(cfg, checkpoints.load(ckpt), ckpt)
+    model = model_cls.load_from_checkpoint(ckpt, map_location=map_location, weights_only=True)
     model.eval()
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if not isinstance(metrics, dict):
+        raise ValueError(
+            f"{metrics_path} holds a JSON {type(metrics).__name__}, not an object; restore it "
+            "or move it away to open the run without its metrics"
+        )
     return Run(run_dir, cfg, model, ImageDataModule(**data_kwargs), metrics)

@@ -101,6 +101,8 @@ def score(run_dir: Path, probe: Probe, samples: int) -> Score | None:
     if not metrics_file.is_file():
         return None
     metrics = json.loads(metrics_file.read_text())
+    if not isinstance(metrics, dict):
+        raise StepSizeError(f"{metrics_file} is not a JSON object; move it away to re-run it")
     if metrics.get("status") == "diverged":
         step = metrics.get("diverged_step")
         return Score(probe, -math.inf, f"diverged at step {step} ({metrics.get('diverged_term')})")

@@ -3,8 +3,9 @@
 A job is any directory below the sweep dir with a `.hydra/overrides.yaml` (Hydra writes it
 before the job starts, so crashed jobs are found too). Each row holds the job's swept
 overrides, its final test metrics from `metrics.json`, samples seen, wall time and a status:
-`completed`, or `failed` with the error line (from metrics.json, else the last ERROR line of
-the job's log file, which `SweepSummary.on_job_end` writes for every failed job).
+`completed`, `interrupted` (SIGINT/SIGTERM; the header then says so), or `failed` with the
+error line (from metrics.json, else the last ERROR line of the job's log file, which
+`SweepSummary.on_job_end` writes for every failed job).
 
 `SweepSummary` is a Hydra callback (conf/train.yaml: hydra.callbacks.summary) that writes the
 summary at the end of every multirun -- also when a failed job makes Hydra end the sweep with
@@ -124,12 +125,16 @@ def read_job(job: Path) -> dict[str, Any]:
             metrics = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             metrics = {"status": "unreadable", "error": f"metrics.json unreadable ({err})"}
+        if not isinstance(metrics, dict):
+            metrics = {"status": "unreadable", "error": "metrics.json is not a JSON object"}
     row: dict[str, Any] = {"overrides": _override_pairs(job)}
     for key in METRIC_COLUMNS:
         value = (metrics or {}).get(key)
         row[key] = value if isinstance(value, int | float) and not isinstance(value, bool) else None
     if metrics is not None and metrics.get("status") == "completed":
         row["status"], row["error"] = "completed", ""
+    elif metrics is not None and metrics.get("status") == "interrupted":
+        row["status"], row["error"] = "interrupted", _one_line(metrics.get("error", ""))
     else:
         row["status"], row["error"] = "failed", error_line(job, metrics)
     return row
@@ -200,10 +205,13 @@ def to_markdown(sweep_dir: Path, swept: list[str], rows: list[dict[str, Any]]) -
     """A markdown table (nats per datapoint), without the constant overrides."""
     columns = ["job", *swept, *METRIC_COLUMNS, "status", "error"]
     done = sum(r["status"] == "completed" for r in rows)
+    stopped = sum(r["status"] == "interrupted" for r in rows)
     lines = [
         f"# Sweep summary: {sweep_dir}",
         "",
-        f"{len(rows)} jobs, {done} completed, {len(rows) - done} failed. ELBO and NLL in nats "
+        f"{len(rows)} jobs, {done} completed, {len(rows) - done - stopped} failed"
+        + (f", {stopped} interrupted (INTERRUPTED sweep)" if stopped else "")
+        + ". ELBO and NLL in nats "
         "per datapoint (test set, best checkpoint); wall_time_s = fit + test.",
         "",
         "| " + " | ".join(columns) + " |",

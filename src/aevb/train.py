@@ -12,18 +12,18 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from aevb.atomic import write_json_atomic
+from aevb import checkpoints, signals
+from aevb.atomic import describe_os_error, write_json_atomic
 from aevb.callbacks import log_hparams
 from aevb.config import ConfigError, Settings, budget_steps
 from aevb.data import DataError, ImageDataModule
@@ -33,6 +33,7 @@ from aevb.mcem import MONITOR as MCEM_MONITOR
 from aevb.mcem import MonteCarloEM
 from aevb.numerics import configure_numerics
 from aevb.preflight import check_command_line
+from aevb.rundir import RESUME, is_secondary_rank, resume_checkpoint  # noqa: F401
 from aevb.vae import VAE
 from aevb.wake_sleep import WakeSleep
 
@@ -79,6 +80,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = ImageDataModule(**settings.datamodule_kwargs())
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
+    stop = signals.StopOnSignal()  # SIGINT/SIGTERM: finish the batch, write last.ckpt, stop
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
     if cfg.get("budget_samples") is not None:  # the paper's x-axis: training samples evaluated
         steps = budget_steps(cfg.budget_samples, settings.data.batch_size)
@@ -86,7 +88,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = L.Trainer(
         **trainer_kwargs,
         logger=loggers or False,
-        callbacks=callbacks,
+        callbacks=[*callbacks, stop],
+        plugins=[checkpoints.AtomicCheckpointIO(checkpoints.identity(cfg))],
         default_root_dir=str(run_dir),
     )
     check_ddp_launch(trainer)
@@ -110,13 +113,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(cfg.get("resume", "never"), run_dir)
     if ckpt_path is not None:
-        check_checkpoint(ckpt_path, model)
+        check_checkpoint(ckpt_path, model, cfg)
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except Diverged as err:
         _record_divergence(err, trainer, model, settings, run_dir, time.perf_counter() - start)
         raise
+    stop.raise_if_stopped()  # a signal ended the fit: last.ckpt is written, skip testing
     fit_seconds = time.perf_counter() - start
     samples_seen = int(model.samples_seen)  # before testing a checkpoint reloads the buffer
 
@@ -162,29 +166,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-#: `resume` values: when to continue from <run dir>/checkpoints/last.ckpt if ckpt_path is null
-RESUME = ("requeue", "auto", "never")
-
-
-def resume_checkpoint(
-    resume: str, run_dir: Path, env: Mapping[str, str] = os.environ
-) -> str | None:
-    """The run dir's last.ckpt to resume from, or None (see `resume` in conf/train.yaml).
-
-    `requeue`: only when SLURM restarted this job (SLURM_RESTART_COUNT > 0: preempted or
-    timed out and requeued by submitit / `scontrol requeue`, same job dir); `auto`: whenever
-    the file exists; `never`: start from scratch.
-    """
-    if resume not in RESUME:
-        raise ConfigError("resume", f"one of {list(RESUME)}", resume)
-    last = run_dir / "checkpoints" / "last.ckpt"
-    requeued = int(env.get("SLURM_RESTART_COUNT", "0") or 0) > 0
-    if last.is_file() and (resume == "auto" or (resume == "requeue" and requeued)):
-        log.info("resuming from %s (resume=%s)", last, resume)
-        return str(last)
-    return None
-
-
 def check_ddp_launch(trainer: L.Trainer) -> None:
     """Refuse DDP whose ranks Lightning would start itself inside a multirun.
 
@@ -204,19 +185,21 @@ def check_ddp_launch(trainer: L.Trainer) -> None:
         )
 
 
-def check_checkpoint(path: str, model: L.LightningModule) -> None:
-    """Refuse a missing, unreadable or foreign `ckpt_path` in one line, before any training."""
+def check_checkpoint(path: str, model: L.LightningModule, cfg: DictConfig | None = None) -> None:
+    """Refuse a missing, unreadable, unsafe or foreign `ckpt_path` in one line, before any
+    training: loaded without running code, of this config's data/model/objective/optimizer."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(
             "ckpt_path", "an existing checkpoint file (e.g. <run>/checkpoints/last.ckpt)", path
         )
     try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 -- any unpickling failure means a corrupt file
-        reason = " ".join(str(err).split())[:160]
-        raise ConfigError("ckpt_path", f"a readable Lightning checkpoint ({reason})", path) from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "loops" not in ckpt:
+        ckpt = checkpoints.load(file)
+        if cfg is not None:
+            checkpoints.check_identity(cfg, ckpt, path)
+    except checkpoints.CheckpointError as err:
+        raise ConfigError("ckpt_path", f"a usable checkpoint ({err})", path) from err
+    if "loops" not in ckpt:
         raise ConfigError(
             "ckpt_path", "a Lightning training checkpoint written by aevb-train", path
         )
@@ -257,6 +240,20 @@ def _record_divergence(
     )
 
 
+def _record_interrupted(err: signals.Interrupted, run_dir: Path) -> None:
+    """metrics.json with status `interrupted`: the signal and the checkpoint to resume from."""
+    if is_secondary_rank():
+        return
+    last = run_dir / "checkpoints" / "last.ckpt"
+    record = {"status": "interrupted", "error": str(err), "signal": err.name}
+    try:  # best effort: the exit status says interrupted anyway
+        step = int(checkpoints.load(last).get("global_step", -1)) if last.is_file() else None
+        record.update(last_checkpoint="checkpoints/last.ckpt" if step is not None else None)
+        write_json_atomic(run_dir / "metrics.json", {**record, "last_checkpoint_step": step})
+    except (OSError, checkpoints.CheckpointError) as problem:
+        log.warning("metrics.json not written: %s", problem)
+
+
 def _summary(metrics: dict[str, Any], run_dir: Path) -> str:
     keys = [k for k in metrics if k.startswith("test/")]
     parts = [f"{k}={metrics[k]:.3f}" for k in sorted(keys)]
@@ -271,11 +268,23 @@ def _summary(metrics: dict[str, Any], run_dir: Path) -> str:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _app(cfg: DictConfig) -> float | None:
     try:
-        metrics = train(cfg)
-    except (ConfigError, DataError, ValueError, Diverged) as err:
+        with signals.raising():
+            metrics = train(cfg)
+    except signals.Interrupted as err:  # a sweep stops too: its summary says `interrupted`
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        _record_interrupted(err, run_dir)
+        print(
+            f"aevb-train: {err}; resume with resume=auto hydra.run.dir={run_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(err.exit_code)
+    except (ConfigError, DataError, ValueError, Diverged, OSError, OmegaConfBaseException) as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN or _full_error():
             raise  # multirun: Hydra records the failed job and the sweep goes on
-        print(f"aevb-train: error: {err}", file=sys.stderr)
+        text = describe_os_error(err) if isinstance(err, OSError) else str(err)
+        if isinstance(err, OmegaConfBaseException):  # e.g. a required key deleted with ~key
+            text = f"{err.full_key}: {str(err).splitlines()[0]}; set it (e.g. in conf/train.yaml)"
+        print(f"aevb-train: error: {text}", file=sys.stderr)
         sys.exit(3 if isinstance(err, Diverged) else 2)
     return metrics.get("best_val/elbo")
 
@@ -304,7 +313,12 @@ def main() -> None:
     if problem:
         print(f"aevb-train: error: {problem}", file=sys.stderr)
         sys.exit(2)
-    _app()
+    try:
+        with signals.raising():  # also while Hydra sets up, before train() starts
+            _app()
+    except signals.Interrupted as err:
+        print(f"aevb-train: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

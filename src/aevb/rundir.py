@@ -1,0 +1,218 @@
+"""A run owns its directory: unique names, an exclusive lock, and refusals before Hydra writes.
+
+- Run and sweep dirs are named to the microsecond (conf/train.yaml), so two launches in the
+  same second get two directories.
+- `RunDirGuard` (a Hydra callback, conf/train.yaml: hydra.callbacks.rundir) runs before Hydra
+  creates or writes anything (.hydra/, the log file). It takes an exclusive lock on the run
+  (or sweep) dir, held until the process ends (flock: released by the kernel even on SIGKILL),
+  and refuses in one line, leaving every file as it was:
+  - a dir another aevb-train or sweep holds;
+  - a dir that is not writable;
+  - a run dir that already holds a run, unless this launch resumes it (`resume=auto`, a SLURM
+    requeue with `resume=requeue`, or `ckpt_path` inside it) with the same data, model,
+    objective and optimizer (`checkpoints.identity`); `resume=auto` restarts a run that never
+    wrote checkpoints/last.ckpt;
+  - a `ckpt_path` that cannot be loaded safely or belongs to another config;
+  - a sweep dir that already holds jobs, unless `resume=auto`.
+- Sweep jobs are named by the `aevb.job_dir` resolver (hydra.sweep.subdir): a job whose
+  overrides match an existing job dir of the sweep gets that dir, so re-running a sweep with
+  reordered values resumes each job with its own hyper-parameters; a new job gets its number,
+  or `<number>-<hash of its overrides>` when that name is taken.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from aevb import checkpoints
+
+log = logging.getLogger("aevb.rundir")
+
+#: `resume` values: when to continue from <run dir>/checkpoints/last.ckpt if ckpt_path is null
+RESUME = ("requeue", "auto", "never")
+#: overrides that do not change which job a sweep point is
+_NOT_IDENTITY = ("resume", "ckpt_path")
+#: open directory descriptors whose flock this process holds (released at exit)
+_HELD: dict[Path, int] = {}
+
+
+class RunDirError(RuntimeError):
+    """A run or sweep dir this launch may not use; str() is one line."""
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def resume_checkpoint(
+    resume: str, run_dir: Path, env: Mapping[str, str] = os.environ
+) -> str | None:
+    """The run dir's last.ckpt to resume from, or None (see `resume` in conf/train.yaml).
+
+    `requeue`: only when SLURM restarted this job (SLURM_RESTART_COUNT > 0: preempted or
+    timed out and requeued by submitit / `scontrol requeue`, same job dir); `auto`: whenever
+    the file exists; `never`: start from scratch.
+    """
+    from aevb.config import ConfigError  # late: config imports every module
+
+    if resume not in RESUME:
+        raise ConfigError("resume", f"one of {list(RESUME)}", resume)
+    last = last_checkpoint(run_dir)
+    requeued = int(env.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+    if last.is_file() and (resume == "auto" or (resume == "requeue" and requeued)):
+        log.info("resuming from %s (resume=%s)", last, resume)
+        return str(last)
+    return None
+
+
+def lock(directory: Path, what: str) -> None:
+    """Create `directory` if needed and hold an exclusive flock on it, or raise RunDirError."""
+    directory = directory.resolve()
+    if directory in _HELD:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise RunDirError(
+            f"{what} {directory} cannot be created ({err.strerror}); "
+            f"choose a writable {what} (e.g. {what}=/scratch/$USER/run)"
+        ) from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise RunDirError(
+                f"{what} {directory} is in use by another aevb-train; wait for it to finish, "
+                f"or choose another {what}"
+            ) from err
+        raise
+    if not os.access(directory, os.W_OK):
+        os.close(fd)
+        raise RunDirError(
+            f"{what} {directory} is not writable (read-only filesystem or no permission); "
+            f"choose a writable {what}"
+        )
+    _HELD[directory] = fd
+
+
+def is_secondary_rank(env: Mapping[str, str] = os.environ) -> bool:
+    """A DDP rank > 0, started by Lightning or SLURM into rank 0's run dir."""
+    keys = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
+    return any(int(env.get(k, "0") or 0) > 0 for k in keys)
+
+
+def check_ckpt_path(cfg: DictConfig) -> None:
+    """Refuse a `ckpt_path` that cannot be loaded safely or belongs to another config."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None:
+        try:
+            checkpoints.check_identity(cfg, checkpoints.load(ckpt_path), ckpt_path)
+        except checkpoints.CheckpointError as err:
+            raise checkpoints.CheckpointError(f"ckpt_path: {err}") from err
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to start in `run_dir` unless it is new or this launch resumes its run."""
+    ckpt_path = cfg.get("ckpt_path")
+    old_config = run_dir / ".hydra" / "config.yaml"
+    if not old_config.is_file():
+        return
+    resume = cfg.get("resume", "never")
+    resumed = resume_checkpoint(resume, run_dir)
+    inside = ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(run_dir)
+    restart = resume == "auto" and not last_checkpoint(run_dir).exists()  # nothing to lose
+    if resumed is None and not inside and not restart:
+        raise RunDirError(
+            f"hydra.run.dir {run_dir} already holds a run; resume it with resume=auto "
+            f"(it needs {last_checkpoint(run_dir).relative_to(run_dir)}), or choose a new "
+            "hydra.run.dir (the default outputs/<date>/<time> is new for every launch)"
+        )
+    diff = checkpoints.difference(
+        checkpoints.identity(OmegaConf.load(old_config)), checkpoints.identity(cfg)
+    )
+    if diff:
+        raise RunDirError(
+            f"hydra.run.dir {run_dir} holds a run of another config "
+            f"({diff.replace('in the checkpoint', 'in that run')}); "
+            "resume it with its own values, or choose a new hydra.run.dir"
+        )
+
+
+def _job_key(overrides: Any) -> list[str]:
+    items = [str(o) for o in overrides]
+    return sorted(o for o in items if o.partition("=")[0].lstrip("+~") not in _NOT_IDENTITY)
+
+
+def existing_jobs(sweep_dir: Path) -> dict[str, tuple[str, ...]]:
+    """{job subdir name: its sorted identifying overrides} of the jobs already in a sweep dir."""
+    jobs = {}
+    for marker in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        try:
+            jobs[marker.parent.parent.name] = tuple(_job_key(OmegaConf.load(marker)))
+        except Exception:  # noqa: BLE001 -- an unreadable job is not a match
+            continue
+    return jobs
+
+
+def job_dir(num: Any, *, _root_: DictConfig) -> str:
+    """hydra.sweep.subdir of a sweep job: the existing dir with its overrides, else new."""
+    sweep_dir = Path(str(_root_.hydra.sweep.dir))
+    mine = tuple(_job_key(_root_.hydra.overrides.task))
+    for name, theirs in existing_jobs(sweep_dir).items():
+        if theirs == mine:
+            return name
+    name = str(num)
+    if (sweep_dir / name).exists():
+        name += "-" + hashlib.sha1("\n".join(mine).encode()).hexdigest()[:8]
+    return name
+
+
+OmegaConf.register_new_resolver("aevb.job_dir", job_dir, replace=True)
+
+
+def _refuse(err: Exception) -> None:
+    print(f"aevb-train: error: {' '.join(str(err).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+class RunDirGuard(Callback):
+    """Hydra callback: lock and check the run / sweep dir before Hydra writes into it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if is_secondary_rank():
+            return
+        # resolving here fixes ${now:...} for the run: Hydra caches it on this config object
+        run_dir = Path(str(OmegaConf.select(config, "hydra.run.dir"))).absolute()
+        try:
+            check_ckpt_path(config)  # before the lock creates the run dir
+            lock(run_dir, "hydra.run.dir")
+            check_run_dir(config, run_dir)
+        except (RunDirError, checkpoints.CheckpointError, ValueError) as err:
+            _refuse(err)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).absolute()
+        try:
+            lock(sweep_dir, "hydra.sweep.dir")
+            jobs = existing_jobs(sweep_dir)
+            if jobs and config.get("resume") != "auto":
+                raise RunDirError(
+                    f"hydra.sweep.dir {sweep_dir} already holds a sweep ({len(jobs)} jobs); "
+                    "re-run it with resume=auto to resume its jobs (matched by their "
+                    "overrides), or choose a new hydra.sweep.dir"
+                )
+        except RunDirError as err:
+            _refuse(err)

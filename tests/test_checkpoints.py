@@ -1,0 +1,175 @@
+"""Checkpoints: last.ckpt every epoch and at the end, atomic on a full disk, never running code,
+refused for another config (aevb.checkpoints)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from aevb import atomic, checkpoints, runs
+
+from .conftest import REPO, run_cli
+from .fs import read_only, small_tmpfs
+from .test_rundir import error_lines, fast
+
+ENV = {"PYTHONPATH": str(REPO)}  # tests.faults importable by the runs
+
+
+def test_last_ckpt_is_rewritten_every_epoch_and_at_the_end_of_training(data_root, tmp_path) -> None:
+    """best.ckpt never improves after epoch 0 (injected), a budget ends mid-epoch 2."""
+    run = tmp_path / "run"
+    proc = run_cli(
+        [*fast(data_root), "trainer.max_epochs=5", "budget_samples=1250"]
+        + ["+callbacks.fault._target_=tests.faults.NoImprovement", f"hydra.run.dir={run}"],
+        tmp_path,
+        env=ENV,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    last = checkpoints.load(run / "checkpoints" / "last.ckpt")
+    best = checkpoints.load(run / "checkpoints" / "best.ckpt")
+    assert metrics["global_step"] == 25  # 1250 samples / 50 per batch
+    assert last["global_step"] == 25 and best["global_step"] == 10
+    assert last[checkpoints.IDENTITY_KEY]["model.latent_dim"] == 4
+
+
+def test_a_crash_mid_checkpoint_leaves_the_previous_file(tmp_path, monkeypatch) -> None:
+    io = checkpoints.AtomicCheckpointIO({"model.latent_dim": 4})
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, target)
+    before = target.read_bytes()
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space") as err:
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, target)
+    assert err.value.filename == str(target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert io.load_checkpoint(target)["global_step"] == 1
+
+
+def test_a_disk_that_fills_up_ends_in_one_line_and_keeps_loadable_checkpoints(
+    data_root, tmp_path
+) -> None:
+    with small_tmpfs(tmp_path / "small", 1100) as small:  # room for one checkpoint, not two
+        run = small / "run"
+        proc = run_cli(
+            [*fast(data_root), "trainer.max_epochs=2", "~logger", f"hydra.run.dir={run}"],
+            tmp_path,
+        )
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        (line,) = error_lines(proc.stderr)
+        assert "No space left on device" in line and str(run) in line, line
+        assert "Traceback" not in proc.stderr
+        for ckpt in run.rglob("*.ckpt"):
+            checkpoints.load(ckpt)  # complete, never truncated
+        assert not list(run.rglob("*.tmp"))
+
+
+def test_a_full_tmpdir_does_not_matter(data_root, tmp_path) -> None:
+    with small_tmpfs(tmp_path / "tmp", 64) as tmp:
+        (tmp / "filler").write_bytes(b"\0" * (60 << 10))
+        proc = run_cli(
+            [*fast(data_root), f"hydra.run.dir={tmp_path / 'run'}"],
+            tmp_path,
+            env={"TMPDIR": str(tmp)},
+        )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_read_only_output_dir_is_refused_in_one_line(data_root, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with read_only(out):
+        proc = run_cli([*fast(data_root), f"hydra.run.dir={out}/run"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = error_lines(proc.stderr)
+    assert f"{out}/run" in line and "Read-only file system" in line and "Traceback" not in line
+
+
+class Payload:
+    """Unpickling this runs code: it creates the file `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _evil_copy(ckpt: Path, dest: Path, marker: Path) -> Path:
+    content = torch.load(ckpt, weights_only=True)
+    content["hyper_parameters"]["payload"] = Payload(marker)
+    torch.save(content, dest)
+    return dest
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(
+    finished, data_root, tmp_path
+) -> None:
+    marker = tmp_path / "pwned"
+    evil = _evil_copy(finished / "checkpoints" / "last.ckpt", tmp_path / "evil.ckpt", marker)
+    with pytest.raises(checkpoints.CheckpointError, match="refused, it holds more than tensors"):
+        checkpoints.load(evil)
+    proc = run_cli([*fast(data_root), f"ckpt_path={evil}", f"hydra.run.dir={tmp_path}/r"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = error_lines(proc.stderr)
+    assert "ckpt_path" in line and "refused" in line
+    run = tmp_path / "copy"
+    shutil.copytree(finished, run)
+    _evil_copy(finished / "checkpoints" / "best.ckpt", run / "checkpoints" / "best.ckpt", marker)
+    proc = run_cli([str(run)], tmp_path, script="aevb.evaluate")
+    assert proc.returncode == 2 and "refused" in proc.stderr and "Traceback" not in proc.stderr
+    assert not marker.exists()
+
+
+def test_aevb_eval_of_a_corrupt_checkpoint_is_one_line(finished, tmp_path) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(finished, run)
+    best = run / "checkpoints" / "best.ckpt"
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    proc = run_cli([str(run)], tmp_path, script="aevb.evaluate")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = error_lines(proc.stderr)
+    assert str(best) in line and "truncated or corrupt" in line and "Traceback" not in proc.stderr
+
+
+def test_load_run_refuses_a_checkpoint_of_another_config(finished, data_root, tmp_path) -> None:
+    other = tmp_path / "other"
+    proc = run_cli([*fast(data_root), "model.beta=3", f"hydra.run.dir={other}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with pytest.raises(checkpoints.CheckpointError, match="model.beta=1.0 in the config"):
+        runs.load_run(finished, checkpoint=other / "checkpoints" / "last.ckpt")
+    assert runs.load_run(finished).model.hparams.beta == 1.0
+
+
+def test_load_run_and_summaries_name_a_metrics_json_that_is_not_an_object(
+    finished, tmp_path
+) -> None:
+    from aevb import summarize
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished, run)
+    (run / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="metrics.json holds a JSON list, not an object"):
+        runs.load_run(run)
+    row = summarize.read_job(run)
+    assert row["status"] == "failed" and "not a JSON object" in row["error"]
+
+
+@pytest.fixture(scope="module")
+def finished(data_root, tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("ckpt")
+    run = cwd / "run"
+    proc = run_cli([*fast(data_root), f"hydra.run.dir={run}"], cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return run
