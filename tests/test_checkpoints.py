@@ -173,3 +173,16 @@ def finished(data_root, tmp_path_factory) -> Path:
     proc = run_cli([*fast(data_root), f"hydra.run.dir={run}"], cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return run
+
+
+def test_run_checkpoint_restores_the_state_of_a_plain_model_checkpoint() -> None:
+    """Runs started before RunCheckpoint saved their best-checkpoint record under Lightning's
+    ModelCheckpoint key: a resume must find it (else the first validation becomes "best")."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from aevb.checkpoints import RunCheckpoint
+
+    kwargs = {"dirpath": "/x/checkpoints", "monitor": "val/elbo", "mode": "max"}
+    assert RunCheckpoint(**kwargs).state_key == ModelCheckpoint(**kwargs).state_key
+    with pytest.raises(ValueError, match="last_every_n_epochs must be an integer >= 1"):
+        RunCheckpoint(last_every_n_epochs=0, **kwargs)

@@ -170,9 +170,27 @@ class RunCheckpoint(ModelCheckpoint):
     where Lightning saves checkpoints (train-epoch end, or validation end when validation runs
     several times an epoch), at every train-epoch end, and at the end of fit (e.g. max_steps
     reached mid-epoch, or a signal: `signals.StopOnSignal`).
+
+    `last_every_n_epochs` thins the epoch-end writes for runs of many tiny epochs (Frey Face:
+    17 steps an epoch); the other writes stay.
     """
 
     _last_step_written: int | None = None
+
+    def __init__(self, *args: Any, last_every_n_epochs: int = 1, **kwargs: Any) -> None:
+        if not (isinstance(last_every_n_epochs, int) and last_every_n_epochs >= 1):
+            raise ValueError(
+                f"callbacks.checkpoint.last_every_n_epochs must be an integer >= 1, "
+                f"got {last_every_n_epochs!r}"
+            )
+        super().__init__(*args, **kwargs)
+        self.last_every_n_epochs = last_every_n_epochs
+
+    @property
+    def state_key(self) -> str:
+        """ModelCheckpoint's key: the best-checkpoint record of runs written before this class
+        (and of any plain ModelCheckpoint) is restored on resume."""
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
 
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -196,7 +214,8 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        self._save_last_if_stale(trainer)
+        if (trainer.current_epoch + 1) % self.last_every_n_epochs == 0:
+            self._save_last_if_stale(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save_last_if_stale(trainer)

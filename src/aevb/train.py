@@ -126,6 +126,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt = _checkpoint_callback(trainer)
     best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    if best_path is not None and ckpt.best_model_score is None:  # resumed in a moved run dir:
+        best_path = None  # Lightning kept the path but not its score; test the final weights
     final_val = trainer.callback_metrics.get(monitor)
     final_is_best = (
         best_path is None
@@ -142,7 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     metrics.update(
         {
-            "best_checkpoint": str(Path(best_path).relative_to(run_dir)) if best_path else None,
+            "best_checkpoint": _in_run_dir(best_path, run_dir) if best_path else None,
             f"best_{monitor}": float(ckpt.best_model_score) if best_path else None,
             "final_is_best": final_is_best,
             "epochs": trainer.current_epoch,
@@ -164,6 +166,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(run_dir / "metrics.json", metrics)
         print(_summary(metrics, run_dir))
     return metrics
+
+
+def _in_run_dir(path: str, run_dir: Path) -> str:
+    """`path` relative to the run dir; absolute if it lies elsewhere (a copied run dir)."""
+    return str(Path(path).relative_to(run_dir)) if Path(path).is_relative_to(run_dir) else path
 
 
 def check_ddp_launch(trainer: L.Trainer) -> None:
