@@ -36,3 +36,11 @@ def test_notebook_executes(name, backend, data_root, monkeypatch) -> None:
         if "image/png" in o.get("data", {})
     ]
     assert len(images) >= (4 if name == "explore_run.ipynb" else 1)
+    if name == "compare_sweep.ipynb":  # 2 latent sizes x 2 betas, each over 2 seeds
+        text = "".join(
+            o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+        )
+        assert (
+            "8 jobs, 8 completed, 4 configurations over ['model.latent_dim', 'model.beta']" in text
+        )
+        assert text.count("(n=2, jobs ") == 4
