@@ -28,6 +28,7 @@ from aevb.callbacks import log_hparams
 from aevb.config import ConfigError, Settings, budget_steps
 from aevb.data import DataError, ImageDataModule
 from aevb.divergence import Diverged
+from aevb.hparams import override_values
 from aevb.preflight import check_command_line
 from aevb.vae import VAE
 from aevb.wake_sleep import WakeSleep
@@ -147,7 +148,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for k, v in metrics.items()
         if (k.startswith("test") or k == "best_val/elbo") and isinstance(v, float)
     }
-    log_hparams(loggers, settings.hparams(), final, step=trainer.global_step)  # HParams tab
+    hydra_cfg = HydraConfig.get()  # HParams tab: the run's own overrides are columns too
+    params = {**settings.hparams(), **override_values(hydra_cfg.overrides.task)}
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN  # the sweep declares the columns (SweepHParams)
+    log_hparams(loggers, params, final, step=trainer.global_step, declare=not multirun)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
         print(_summary(metrics, run_dir))
