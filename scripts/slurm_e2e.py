@@ -12,7 +12,7 @@ console script is not installed):
    and ends with the metrics of an uninterrupted twin run at the same time;
 3. timeout: a job with a 1-minute limit is signalled by SLURM, requeued by submitit and resumed
    (as often as needed) until it finishes; its epochs are sized from the twin's speed so that
-   it needs more than one allocation;
+   it needs more than one allocation (the slowest scenario: 2-4 allocations of ~1 minute);
 4. ddp: trainer=ddp_cpu with 2 SLURM tasks (gloo): one run, one metrics.json, rank-0 outputs,
    test metrics of the whole test set (as tests/test_ddp.py checks them).
 
@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -156,16 +157,18 @@ def scenario_requeue(work: Path) -> float:
 
 
 def scenario_timeout(work: Path, epoch_s: float) -> None:
-    # SLURM signals USR2 30 s before the 1-minute limit (its timer is coarse: 0-30 s earlier);
-    # sized to ~45 s of training, the job cannot finish in its first allocation
-    epochs = max(8, math.ceil(45 / epoch_s))
+    # SLURM signals USR2 signal_delay_s before the 1-minute limit, checking every ~30 s and
+    # up to 30 s early: 25-55 s after the start for 5 s, after submitit has set its handler
+    # (a signal while the job still loads its pickle kills it). Sized to ~60 s of training at
+    # the twin's speed, the job cannot finish in its first allocation.
+    epochs = max(8, math.ceil(60 / epoch_s))
     sweep, proc = launch(
         work,
         "timeout",
         "model.latent_dim=2",
         f"trainer.max_epochs={epochs}",
         "hydra.launcher.timeout_min=1",
-        "hydra.launcher.signal_delay_s=30",
+        "hydra.launcher.signal_delay_s=5",
         "hydra.launcher.max_num_timeout=6",
     )
     finish(work, "timeout", proc, 900)
@@ -210,6 +213,7 @@ def main() -> int:
     if not os.environ.get("SLURM_CONF"):
         print("slurm_e2e.py: error: SLURM_CONF is not set (start scripts/slurm_local.sh)")
         return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: stop the sweeps too
     make_mnist_like(work / "data", "MNIST")
     start = time.monotonic()
     try:
