@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Sweeps on a live SLURM cluster (started by scripts/slurm_e2e.sh), on tiny synthetic data.
 
-    python scripts/slurm_e2e.py <work dir>      # SLURM_CONF must point at a running cluster
+    python scripts/slurm_e2e.py <work dir> [array requeue timeout ddp]   # default: all four
+    # SLURM_CONF must point at a running cluster (scripts/slurm_local.sh start)
 
 Four scenarios, each `aevb-train -m hydra/launcher=slurm ...` (`python -m aevb.train` when the
 console script is not installed):
@@ -173,7 +174,11 @@ def scenario_timeout(work: Path, epoch_s: float) -> None:
     )
     finish(work, "timeout", proc, 900)
     (job_id,) = slurm_ids(sweep)
-    check("Requeued job" in job_logs(sweep), f"timeout: submitit requeued job {job_id}")
+    logs = job_logs(sweep)
+    check("Requeued job" in logs, f"timeout: submitit requeued job {job_id}")
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    resumed = f"Restoring states from the checkpoint path at {last}" in logs
+    check(resumed, "timeout: the requeued job resumed from last.ckpt")
     check(restarts(job_id) >= 1, f"timeout: SLURM restarted it {restarts(job_id)} time(s)")
     m = metrics(sweep / "0")
     check(m["status"] == "completed" and m["epochs"] == epochs, f"timeout: all {epochs} epochs")
@@ -208,19 +213,36 @@ def scenario_ddp(work: Path) -> None:
     check(math.isclose(m["test/kl"], kl, rel_tol=1e-5, abs_tol=1e-5), "ddp: test/kl of all data")
 
 
+SCENARIOS = {
+    "array": scenario_array,
+    "requeue": scenario_requeue,
+    "timeout": scenario_timeout,
+    "ddp": scenario_ddp,
+}
+
+
 def main() -> int:
     work = Path(sys.argv[1]).resolve()
+    unknown = set(sys.argv[2:]) - set(SCENARIOS)
+    if unknown:
+        print(f"slurm_e2e.py: error: unknown {sorted(unknown)}; allowed: {list(SCENARIOS)}")
+        return 2
     if not os.environ.get("SLURM_CONF"):
         print("slurm_e2e.py: error: SLURM_CONF is not set (start scripts/slurm_local.sh)")
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: stop the sweeps too
     make_mnist_like(work / "data", "MNIST")
     start = time.monotonic()
+    chosen = sys.argv[2:] or list(SCENARIOS)
+    epoch_s = 1.0  # seconds per epoch, measured by the requeue scenario when it runs
     try:
-        scenario_array(work)
-        epoch_s = scenario_requeue(work)
-        scenario_timeout(work, epoch_s)
-        scenario_ddp(work)
+        for name in chosen:
+            if name == "requeue":
+                epoch_s = scenario_requeue(work)
+            elif name == "timeout":
+                scenario_timeout(work, epoch_s)
+            else:
+                SCENARIOS[name](work)
     except Failed:
         print(f"slurm_e2e.py: FAILED after {time.monotonic() - start:.0f} s; logs in {work}")
         return 1

@@ -4,7 +4,7 @@
 # scenarios of scripts/slurm_e2e.py on tiny synthetic data (job array + summary, scontrol
 # requeue + resume, time limit + submitit requeue, 2-task DDP), then stops the cluster and
 # deletes everything it wrote. A few minutes; exits non-zero when a scenario fails.
-#   scripts/slurm_e2e.sh            # KEEP=1 keeps the work dir (sweeps, logs) for a look
+#   scripts/slurm_e2e.sh [scenario ...]   # KEEP=1 keeps the work dir (sweeps, logs) for a look
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aevb-slurm-e2e.XXXXXX")
@@ -32,4 +32,4 @@ cleanup() {
 trap cleanup EXIT
 scripts/slurm_local.sh start
 export SLURM_CONF=$AEVB_SLURM_DIR/slurm.conf
-timeout "${AEVB_SLURM_E2E_TIMEOUT:-1500}" python scripts/slurm_e2e.py "$WORK"
+timeout "${AEVB_SLURM_E2E_TIMEOUT:-1500}" python scripts/slurm_e2e.py "$WORK" "$@"
