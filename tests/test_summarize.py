@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aevb.summarize import error_line, find_jobs, main, summarize, write_summary
+from aevb.summarize import aggregate, error_line, find_jobs, main, summarize, write_summary
 
 from .conftest import run_cli
 
@@ -170,3 +170,64 @@ def test_sampled_values_are_shortened_in_markdown_only(tmp_path: Path) -> None:
     assert "| 0 | 0.0001307 |" in md_path.read_text()
     assert "| 1 | 0.001 |" in md_path.read_text()
     assert "0.00013066739238053285" in csv_path.read_text()
+
+
+@pytest.fixture
+def seed_sweep(tmp_path: Path) -> Path:
+    """model.latent_dim=2,5 x seed=1,2,3 with known test ELBOs; one job of latent_dim=5 failed."""
+    s = tmp_path / "seeds"
+    elbos = {(2, 1): -100.0, (2, 2): -102.0, (2, 3): -104.0, (5, 1): -90.0, (5, 2): -91.0}
+    for num, (dim, seed) in enumerate((d, s_) for d in (2, 5) for s_ in (1, 2, 3)):
+        overrides = ["trainer.max_epochs=1", f"model.latent_dim={dim}", f"seed={seed}"]
+        metrics = _completed(elbos[dim, seed], 2.0 * seed) if (dim, seed) in elbos else None
+        _job(s, str(num), num, overrides, metrics, log=None if metrics else "OSError: disk\n")
+    return s
+
+
+def test_jobs_differing_only_in_seeds_are_aggregated(seed_sweep: Path) -> None:
+    keys, groups = aggregate(*summarize(seed_sweep))
+    assert keys == ["model.latent_dim"]  # the seed is not a configuration key
+    small, large = groups
+    assert small["model.latent_dim"] == "2" and small["jobs"] == "0 1 2" and small["failed"] == 0
+    assert small["test/elbo/mean"] == -102.0 and small["test/elbo/n"] == 3
+    assert small["test/elbo/std"] == pytest.approx(2.0)  # sample std: sqrt((4 + 0 + 4) / 2)
+    assert small["test/nll/mean"] == 99.0 and small["wall_time_s/mean"] == 4.0
+    assert large["jobs"] == "3 4 5" and large["failed"] == 1  # the failed job is not averaged
+    assert large["test/elbo/mean"] == -90.5 and large["test/elbo/n"] == 2
+    assert large["test/elbo/std"] == pytest.approx(0.5**0.5)
+
+
+def test_summary_md_shows_the_seed_table_first_and_keeps_every_job(seed_sweep: Path) -> None:
+    csv_path, md_path = write_summary(seed_sweep)
+    md = md_path.read_text()
+    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert table[0].startswith("| model.latent_dim | n | failed | test/elbo | test/nll |")
+    assert table[1].startswith("| 2 | 3 | 0 | -102.00 ± 2.00 | 99.00 ± 2.00 | 7.0 ± 0.0 |")
+    assert table[2].startswith("| 5 | 2 | 1 | -90.50 ± 0.71 |") and table[2].endswith("| 3 4 5 |")
+    assert md.index("## Over seeds") < md.index("## Per job")
+    assert table[3].startswith("| job | model.latent_dim | seed | test/elbo")
+    assert len(table) == 1 + 2 + 1 + 6  # both tables: every configuration, every job
+    with (seed_sweep / "summary_seeds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["jobs"] for r in rows] == ["0 1 2", "3 4 5"]
+    assert float(rows[1]["test/elbo/mean"]) == -90.5 and rows[1]["test/elbo/n"] == "2"
+    assert len(list(csv.DictReader(csv_path.open()))) == 6
+
+
+def test_data_seed_and_plus_prefixed_seeds_group_too(tmp_path: Path) -> None:
+    s = tmp_path / "sweep"
+    _job(s, "0", 0, ["model.beta=1", "data.seed=0", "++seed=1"], _completed(-10.0, 1.0))
+    _job(s, "1", 1, ["model.beta=1", "data.seed=1", "++seed=2"], _completed(-12.0, 1.0))
+    _job(s, "2", 2, ["model.beta=2", "data.seed=0", "++seed=1"], _completed(-20.0, 1.0))
+    keys, groups = aggregate(*summarize(s))
+    assert keys == ["model.beta"]
+    assert [(g["jobs"], g["test/elbo/mean"], g["test/elbo/std"]) for g in groups] == [
+        ("0 1", -11.0, pytest.approx(2**0.5)),
+        ("2", -20.0, None),  # one job: no standard deviation
+    ]
+    assert "| 2 | 1 | 0 | -20.00 | " in write_summary(s)[1].read_text()
+
+
+def test_no_seed_table_when_no_seed_is_swept(sweep: Path) -> None:
+    md = write_summary(sweep)[1].read_text()
+    assert "Over seeds" not in md and (sweep / "summary_seeds.csv").is_file()

@@ -15,11 +15,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torch.distributions import Normal
 from torchvision.utils import make_grid
 
 from aevb import metrics
+from aevb.hparams import experiment_summary, session_summaries
 
 
 def tensorboard_writer(trainer: L.Trainer) -> Any | None:
@@ -214,19 +216,30 @@ def scatter_image(xy: np.ndarray, labels: np.ndarray, axes: Sequence[str], size:
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
 
 
+@rank_zero_only
 def log_hparams(
     loggers: Sequence[Logger],
     params: Mapping[str, Any],
     final: Mapping[str, float],
     step: int | None = None,
+    declare: bool = True,
 ) -> None:
     """Record a run's hyperparameters with its final metrics in the TensorBoard HParams tab.
 
-    `final` (e.g. test/elbo, test/nll, test/active_units) becomes the metric columns, so the
-    HParams tab of `tensorboard --logdir outputs/multirun/...` compares a sweep. Call after the
-    last `trainer.test`; rank 0 only (Lightning's `log_hyperparams` is rank-zero-only).
+    `final` (e.g. test/elbo, test/nll, test/active_units) is logged as scalars, which the
+    HParams tab reads as the run's metric values; `params` is the run's session (aevb.hparams).
+    `declare`: also declare `params` and `final` as the experiment's columns -- a single run;
+    in a multirun the sweep's callback declares the swept keys once (`SweepHParams`). Call
+    after the last `trainer.test`; rank 0 only.
     """
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(dict(params), metrics=dict(final), step=step)
+            logger.hparams.update(params)  # saved as hparams.yaml by finalize
+            logger.log_metrics(dict(final), step=step)
+            summaries = session_summaries(params)
+            if declare:
+                summaries.insert(0, experiment_summary(dict.fromkeys(params), list(final)))
+            writer = logger.experiment._get_file_writer()  # as Lightning's log_hyperparams
+            for summary in summaries:
+                writer.add_summary(summary, step)
             logger.finalize("success")  # flush and close the event file written after testing

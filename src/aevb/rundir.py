@@ -56,7 +56,7 @@ def last_checkpoint(run_dir: Path) -> Path:
 
 
 def resume_checkpoint(
-    resume: str, run_dir: Path, env: Mapping[str, str] = os.environ
+    resume: str, run_dir: Path, env: Mapping[str, str] | None = None
 ) -> str | None:
     """The run dir's last.ckpt to resume from, or None (see `resume` in conf/train.yaml).
 
@@ -68,6 +68,9 @@ def resume_checkpoint(
 
     if resume not in RESUME:
         raise ConfigError("resume", f"one of {list(RESUME)}", resume)
+    # read at call time: submitit pickles `python -m aevb.train`'s functions by value, and a
+    # default of os.environ would be the submitting process's copy, without SLURM's variables
+    env = os.environ if env is None else env
     last = last_checkpoint(run_dir)
     requeued = int(env.get("SLURM_RESTART_COUNT", "0") or 0) > 0
     if last.is_file() and (resume == "auto" or (resume == "requeue" and requeued)):

@@ -7,6 +7,11 @@ overrides, its final test metrics from `metrics.json`, samples seen, wall time a
 error line (from metrics.json, else the last ERROR line of the job's log file, which
 `SweepSummary.on_job_end` writes for every failed job).
 
+Jobs that differ only in their seeds (`seed`, `data.seed`: repeats of one configuration) are
+grouped by `aggregate`: per metric the mean, the sample standard deviation (n - 1 in the
+denominator; empty for n = 1) and n over the group's completed jobs, in summary_seeds.csv and,
+when the sweep varies a seed, as the first table of summary.md.
+
 `SweepSummary` is a Hydra callback (conf/train.yaml: hydra.callbacks.summary) that writes the
 summary at the end of every multirun -- also when a failed job makes Hydra end the sweep with
 an error, via an exit hook registered when the multirun starts.
@@ -22,6 +27,7 @@ import json
 import logging
 import math
 import re
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +50,8 @@ METRIC_COLUMNS = (
     "samples_seen",
     "wall_time_s",
 )
+#: overrides that only repeat a configuration: jobs differing in these alone are aggregated
+SEED_KEYS = ("seed", "data.seed")
 #: a Hydra job-log line at level ERROR: "[time][logger][ERROR] - message"
 _ERROR_LINE = re.compile(r"\]\[ERROR\] - (.*)$")
 #: the last line of a Python traceback: "SomeError: message"
@@ -175,6 +183,41 @@ def summarize(sweep_dir: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
     return swept, rows
 
 
+def is_seed(key: str) -> bool:
+    """Whether an override key is a seed (`seed`, `data.seed`, also as `+seed` / `++seed`)."""
+    return key.lstrip("+~") in SEED_KEYS
+
+
+def aggregate(
+    swept: Sequence[str], rows: Sequence[dict[str, Any]]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """(configuration keys, one row per configuration): the jobs grouped over their seeds.
+
+    A configuration is the jobs' values of the swept keys other than seeds, in order of first
+    appearance. Each row holds those values, `jobs` (the job names), `failed` (how many did not
+    complete) and, per metric M of METRIC_COLUMNS over the completed jobs that report it,
+    `M/mean`, `M/std` (sample standard deviation, None for n < 2) and `M/n`.
+    """
+    keys = [k for k in swept if not is_seed(k)]
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    out = []
+    for values, members in groups.items():
+        agg: dict[str, Any] = dict(zip(keys, values, strict=True))
+        agg["jobs"] = " ".join(r["job"] for r in members)
+        agg["failed"] = sum(r["status"] != "completed" for r in members)
+        for metric in METRIC_COLUMNS:
+            xs = [
+                r[metric] for r in members if r["status"] == "completed" and r[metric] is not None
+            ]
+            agg[f"{metric}/mean"] = statistics.fmean(xs) if xs else None
+            agg[f"{metric}/std"] = statistics.stdev(xs) if len(xs) > 1 else None
+            agg[f"{metric}/n"] = len(xs)
+        out.append(agg)
+    return keys, out
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -201,8 +244,39 @@ def _cell(key: str, value: Any) -> str:
     return text.replace("|", "\\|")
 
 
+def _mean_std_cell(metric: str, agg: dict[str, Any], completed: int) -> str:
+    """'mean ± std' in the metric's precision; '(n=k)' when fewer than the completed jobs."""
+    mean, std, n = agg[f"{metric}/mean"], agg[f"{metric}/std"], agg[f"{metric}/n"]
+    if mean is None:
+        return ""
+    digits = {"samples_seen": 0, "test/active_units": 1, "wall_time_s": 1}.get(metric, 2)
+    text = f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+    return text + (f" (n={n})" if n != completed else "")
+
+
+def seeds_markdown(keys: list[str], groups: list[dict[str, Any]]) -> list[str]:
+    """The aggregated table's markdown lines: one row per configuration, mean ± std per metric."""
+    columns = [*keys, "n", "failed", *METRIC_COLUMNS, "jobs"]
+    lines = [
+        "## Over seeds",
+        "",
+        f"Jobs that differ only in {' / '.join(SEED_KEYS)}, grouped: mean ± sample standard "
+        "deviation over the n completed jobs of each configuration.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
+    for agg in groups:
+        completed = len(agg["jobs"].split()) - agg["failed"]
+        cells = [_cell(k, agg[k]) for k in keys] + [str(completed), str(agg["failed"])]
+        cells += [_mean_std_cell(m, agg, completed) for m in METRIC_COLUMNS]
+        lines.append("| " + " | ".join([*cells, agg["jobs"]]) + " |")
+    return lines
+
+
 def to_markdown(sweep_dir: Path, swept: list[str], rows: list[dict[str, Any]]) -> str:
-    """A markdown table (nats per datapoint), without the constant overrides."""
+    """Markdown tables (nats per datapoint), without the constant overrides: the jobs grouped
+    over seeds first when the sweep varies a seed, then one row per job."""
     columns = ["job", *swept, *METRIC_COLUMNS, "status", "error"]
     done = sum(r["status"] == "completed" for r in rows)
     stopped = sum(r["status"] == "interrupted" for r in rows)
@@ -214,6 +288,10 @@ def to_markdown(sweep_dir: Path, swept: list[str], rows: list[dict[str, Any]]) -
         + ". ELBO and NLL in nats "
         "per datapoint (test set, best checkpoint); wall_time_s = fit + test.",
         "",
+    ]
+    if any(is_seed(k) for k in swept):
+        lines += [*seeds_markdown(*aggregate(swept, rows)), "", "## Per job", ""]
+    lines += [
         "| " + " | ".join(columns) + " |",
         "|" + "|".join("---" for _ in columns) + "|",
     ]
@@ -227,11 +305,13 @@ def to_markdown(sweep_dir: Path, swept: list[str], rows: list[dict[str, Any]]) -
 
 
 def write_summary(sweep_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Write summary.csv and summary.md (atomically) into `out_dir` (default: the sweep dir)."""
+    """Write summary.csv, summary_seeds.csv and summary.md (atomically) into `out_dir` (default:
+    the sweep dir); returns the paths of summary.csv and summary.md."""
     sweep_dir = Path(sweep_dir)
     swept, rows = summarize(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir
     csv_path = write_bytes_atomic(out / "summary.csv", to_csv(rows).encode())
+    write_bytes_atomic(out / "summary_seeds.csv", to_csv(aggregate(swept, rows)[1]).encode())
     md_path = write_bytes_atomic(out / "summary.md", to_markdown(sweep_dir, swept, rows).encode())
     return csv_path, md_path
 
@@ -279,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="aevb-summarize",
         description="Summarize a Hydra multirun of aevb-train: summary.csv and summary.md, one "
         "row per job (overrides, test/elbo, test/nll, active units, samples seen, wall time, "
-        "status).",
+        "status), and summary_seeds.csv: jobs that differ only in seed / data.seed grouped, with "
+        "mean, standard deviation and n per metric (the first table of summary.md).",
     )
     parser.add_argument("sweep_dir", help="the multirun dir, e.g. outputs/multirun/<date>/<time>")
     parser.add_argument("--out", default=None, help="where to write (default: the sweep dir)")

@@ -29,6 +29,7 @@ from aevb.config import ConfigError, Settings, budget_steps
 from aevb.data import DataError, ImageDataModule
 from aevb.devices import check_accelerator, check_trainer, runtime_record
 from aevb.divergence import Diverged
+from aevb.hparams import override_values
 from aevb.mcem import MONITOR as MCEM_MONITOR
 from aevb.mcem import MonteCarloEM
 from aevb.numerics import configure_numerics
@@ -161,7 +162,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for k, v in metrics.items()
         if (k.startswith("test") or k == f"best_{monitor}") and isinstance(v, float)
     }
-    log_hparams(loggers, settings.hparams(), final, step=trainer.global_step)  # HParams tab
+    hydra_cfg = HydraConfig.get()  # HParams tab: the run's own overrides are columns too
+    params = {**settings.hparams(), **override_values(hydra_cfg.overrides.task)}
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN  # the sweep declares the columns (SweepHParams)
+    log_hparams(loggers, params, final, step=trainer.global_step, declare=not multirun)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
         print(_summary(metrics, run_dir))
