@@ -181,11 +181,12 @@ class TensorLoader:
     DataLoader.
 
     With `position` (the number of training batches the run has completed, read when an epoch's
-    iteration starts), the loader places itself: epoch = position // len(self), and it skips the
-    position % len(self) batches of that epoch already trained. The order and the binarization
-    noise then depend only on how far the run got, not on Lightning's epoch counter, which a
-    step-limited run (`budget_samples`) resumed from an end-of-epoch checkpoint advances twice
-    (Lightning 2.6), so a resumed run sees exactly the batches an uninterrupted one would.
+    iteration starts; None outside a fit, where `set_epoch` decides), the loader places itself:
+    epoch = position // len(self), and it skips the position % len(self) batches of that epoch
+    already trained. The order and the binarization noise then depend only on how far the run
+    got, not on Lightning's epoch counter, which a step-limited run (`budget_samples`) resumed
+    from an end-of-epoch checkpoint advances twice (Lightning 2.6), so a resumed run sees exactly
+    the batches an uninterrupted one would.
     """
 
     batch_sampler = None
@@ -199,7 +200,7 @@ class TensorLoader:
         binarize: bool = False,
         drop_last: bool = False,
         with_index: bool = False,
-        position: Callable[[], int] | None = None,
+        position: Callable[[], int | None] | None = None,
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.sampler = batch_size, sampler
@@ -211,9 +212,9 @@ class TensorLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
-        skip = 0
-        if self.position is not None and len(self) > 0:
-            epoch, skip = divmod(self.position(), len(self))
+        skip, done = 0, self.position() if self.position is not None else None
+        if done is not None and len(self) > 0:
+            epoch, skip = divmod(done, len(self))
             self.sampler.set_epoch(epoch)
         idx = self.sampler.indices().to(self.images.device)
         gen = None
@@ -380,11 +381,12 @@ class ImageDataModule(L.LightningDataModule):
             position=self._batches_trained if train else None,
         )
 
-    def _batches_trained(self) -> int:
-        """Training batches the attached trainer has completed (restored on resume)."""
+    def _batches_trained(self) -> int | None:
+        """Training batches the attached trainer has completed (restored on resume); None when
+        no trainer is fitting."""
         trainer = self.trainer
-        if trainer is None:
-            return 0
+        if trainer is None or not trainer.training:
+            return None
         return trainer.fit_loop.epoch_loop.batch_progress.total.completed
 
     def train_dataloader(self) -> TensorLoader:
