@@ -151,3 +151,17 @@ def test_config_validates_mcem_settings() -> None:
         ModelConfig(**{**base, "beta": 0.5})
     with pytest.raises(ConfigError, match=r"model.samples must be 1 with model.algorithm=mcem"):
         ModelConfig(**{**base, "samples": 2})
+
+
+def test_mcem_refuses_a_learning_rate_schedule_and_gets_no_schedule_argument() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from aevb.config import Settings
+    from aevb.train import config_dir
+
+    with initialize_config_dir(config_dir(), version_base="1.3"):
+        plain = compose("train", ["model.algorithm=mcem"])
+        scheduled = compose("train", ["model.algorithm=mcem", "lr_schedule=cosine"])
+    assert "lr_schedule" not in Settings.from_cfg(plain).model_kwargs((1, 28, 28), 100)
+    with pytest.raises(ConfigError, match="lr_schedule must be none for model.algorithm=mcem"):
+        Settings.from_cfg(scheduled)

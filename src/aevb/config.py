@@ -429,17 +429,25 @@ class Settings:
                 "likelihood.allow_nonbinary=true to fit grey levels with a cross-entropy",
                 data.binarize,
             )
+        model = _build(ModelConfig, "model", group("model"))
+        schedule = (  # absent from the configs of runs made before the group existed
+            _build(LRScheduleConfig, "lr_schedule", group("lr_schedule"))
+            if "lr_schedule" in cfg
+            else LRScheduleConfig()
+        )
+        if model.algorithm == "mcem" and schedule.name != "none":
+            raise ConfigError(
+                "lr_schedule",
+                "none for model.algorithm=mcem (it takes its Adagrad steps inside training_step)",
+                schedule.name,
+            )
         return cls(
             data=data,
-            model=_build(ModelConfig, "model", group("model")),
+            model=model,
             likelihood=likelihood,
             optim=_build(OptimConfig, "optim", group("optim")),
             eval=_build(EvalConfig, "eval", group("eval")) if "eval" in cfg else EvalConfig(),
-            lr_schedule=(  # absent from the configs of runs made before the group existed
-                _build(LRScheduleConfig, "lr_schedule", group("lr_schedule"))
-                if "lr_schedule" in cfg
-                else LRScheduleConfig()
-            ),
+            lr_schedule=schedule,
         )
 
     def datamodule_kwargs(self) -> dict[str, Any]:
@@ -455,13 +463,15 @@ class Settings:
         model = {k: v for k, v in dataclasses.asdict(self.model).items() if k not in skip}
         if self.model.algorithm == "mcem":
             model.update(num_train=num_train, **dataclasses.asdict(self.model.mcem_config()))
-        return {
+        kwargs = {
             "data_shape": tuple(data_shape),
             **model,
             "likelihood": self.likelihood.kwargs(),
             "optim": self.optim.kwargs(num_train),
-            "lr_schedule": self.lr_schedule.kwargs(),
         }
+        if self.model.algorithm != "mcem":  # MCEM steps its optimiser itself (no schedule)
+            kwargs["lr_schedule"] = self.lr_schedule.kwargs()
+        return kwargs
 
     def hparams(self) -> dict[str, Any]:
         """Flat hyperparameters that identify a run (HParams table, metrics.json)."""
