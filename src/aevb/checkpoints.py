@@ -207,6 +207,12 @@ class RunCheckpoint(ModelCheckpoint):
         ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def save_last_now(self, trainer: L.Trainer) -> None:
+        """Write last.ckpt at this point (a signal's stop at a batch end: the state Lightning
+        resumes mid-epoch from; the epoch-end and train-end writes then see it is current)."""
+        if self.save_last and self._last_step_written != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):  # else: saved at epoch end

@@ -96,6 +96,15 @@ class StopOnSignal(L.Callback):
         if self.signum is not None:  # a signal during validation: stop before the next batch
             trainer.should_stop = True
 
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        """After a signal, write last.ckpt here, at the batch end: written later (at the end of
+        the epoch the stop cuts short), it would mark that epoch done and a resume would skip
+        the rest of it."""
+        if self.signum is not None:
+            for callback in trainer.checkpoint_callbacks:
+                if hasattr(callback, "save_last_now"):
+                    callback.save_last_now(trainer)
+
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trainer = None
         for s, handler in self._previous.items():
