@@ -5,6 +5,7 @@ Nothing here touches ../shared or the network.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -95,3 +96,38 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+def interrupt_resume_compare(
+    tmp_path: Path,
+    common: list[str],
+    interrupt: list[str],
+    returncode: int,
+    last_step: int,
+    keys: tuple[str, ...] = ("best_val/elbo", "test/elbo", "samples_seen", "global_step"),
+) -> tuple[dict, dict]:
+    """Run `common` uninterrupted and with the fault `interrupt` (ending with `returncode`,
+    last.ckpt at `last_step`), resume the latter from its last.ckpt, and require the same
+    metrics `keys` and bit-identical final weights. Returns both final last.ckpt contents
+    (uninterrupted, resumed) for further checks."""
+    import torch
+
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}  # tests.faults
+    full = run_cli([*common, f"hydra.run.dir={tmp_path}/full"], tmp_path, env=env)
+    assert full.returncode == 0, full.stderr[-2000:]
+    cut = run_cli([*common, *interrupt, f"hydra.run.dir={tmp_path}/cut"], tmp_path, env=env)
+    assert cut.returncode == returncode, cut.stderr[-2000:]
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == last_step
+    resumed = run_cli(
+        [*common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path}/cut"], tmp_path, env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    for key in keys:
+        assert b[key] == a[key], key
+    ca = torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=True)
+    cb = torch.load(last, weights_only=True)
+    assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"])
+    return ca, cb

@@ -4,8 +4,6 @@ as train/lr, and an interrupted-and-resumed scheduled run equal to an uninterrup
 from __future__ import annotations
 
 import io
-import json
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +20,7 @@ from aevb.lr_schedules import LR_SCHEDULES, lightning_scheduler
 from aevb.preflight import check_command_line
 from aevb.vae import VAE
 
-from .conftest import REPO, run_cli, tiny_overrides
+from .conftest import interrupt_resume_compare, tiny_overrides
 
 
 def _optimizer(lr: float = 1.0) -> torch.optim.Optimizer:
@@ -202,24 +200,9 @@ def test_resumed_scheduled_run_matches_the_uninterrupted_run(data_root, tmp_path
     common += ["eval.iwae_ks=[]", "~callbacks.latent_scatter", "~callbacks.latent_manifold"]
     common += ["~callbacks.reconstructions", "~callbacks.samples", "trainer.log_every_n_steps=5"]
     common += RESUMED[case]
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}  # tests.faults
-    full = run_cli([*common, f"hydra.run.dir={tmp_path}/full"], tmp_path, env=env)
-    assert full.returncode == 0, full.stderr[-2000:]
     kill = ["+callbacks.fault._target_=tests.faults.KillAt", "+callbacks.fault.at_step=15"]
-    killed = run_cli([*common, *kill, f"hydra.run.dir={tmp_path}/killed"], tmp_path, env=env)
-    assert killed.returncode == -9  # SIGKILL in epoch 1, after the epoch-0 checkpoint
-    last = tmp_path / "killed" / "checkpoints" / "last.ckpt"
-    resumed = run_cli(
-        [*common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path}/killed"], tmp_path, env=env
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
-    b = json.loads((tmp_path / "killed" / "metrics.json").read_text())
-    for key in ("best_val/elbo", "test/elbo", "test/kl", "samples_seen", "global_step"):
-        assert b[key] == a[key], key
-    ca = torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=True)
-    cb = torch.load(last, weights_only=True)
-    assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"])
+    keys = ("best_val/elbo", "test/elbo", "test/kl", "samples_seen", "global_step")
+    ca, cb = interrupt_resume_compare(tmp_path, common, kill, -9, last_step=10, keys=keys)
     assert cb["lr_schedulers"] == ca["lr_schedulers"] and len(ca["lr_schedulers"]) == 1
     lr = ca["optimizer_states"][0]["param_groups"][0]["lr"]
     assert lr == cb["optimizer_states"][0]["param_groups"][0]["lr"]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from aevb.data import EpochShuffle, TensorLoader
-from tests.conftest import REPO, run_cli, tiny_overrides
+from tests.conftest import interrupt_resume_compare, tiny_overrides
 
 
 def test_loader_placed_by_position_serves_the_rest_of_that_epoch() -> None:
@@ -35,32 +34,6 @@ def test_loader_placed_by_position_serves_the_rest_of_that_epoch() -> None:
         assert torch.equal(xa, xb) and torch.equal(ya, yb)  # same rows, same binarization
 
 
-def _interrupt_resume_compare(
-    tmp_path: Path, common: list[str], interrupt: list[str], returncode: int, last_step: int
-) -> None:
-    """Run `common` uninterrupted and with the fault `interrupt` (ending with `returncode`,
-    last.ckpt at `last_step`), resume the latter from its last.ckpt, and require the same
-    metrics and bit-identical final weights."""
-    env = {"PYTHONPATH": f"{REPO / 'src'}:{REPO}"}
-    full = run_cli([*common, f"hydra.run.dir={tmp_path}/full"], tmp_path, env=env)
-    assert full.returncode == 0, full.stderr[-2000:]
-    cut = run_cli([*common, *interrupt, f"hydra.run.dir={tmp_path}/cut"], tmp_path, env=env)
-    assert cut.returncode == returncode, cut.stderr[-2000:]
-    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == last_step
-    resumed = run_cli(
-        [*common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path}/cut"], tmp_path, env=env
-    )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
-    b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
-    for key in ("best_val/elbo", "test/elbo", "samples_seen", "global_step"):
-        assert b[key] == a[key], key
-    pa = torch.load(tmp_path / "full/checkpoints/last.ckpt", weights_only=False)["state_dict"]
-    pb = torch.load(last, weights_only=False)["state_dict"]
-    assert all(torch.equal(pa[k], pb[k]) for k in pa)
-
-
 #: a few seconds of training on the tiny data: 10 steps per epoch, no image callbacks
 QUIET = ["eval.iw_samples=0", "eval.iwae_ks=[]", "~callbacks.latent_scatter"]
 QUIET += ["~callbacks.latent_manifold"]
@@ -73,7 +46,7 @@ def test_budget_run_resumed_from_an_epoch_end_checkpoint_matches_the_uninterrupt
     epoch counter twice there, so the resumed run saw another epoch's data order)."""
     common = [*tiny_overrides(data_root), "budget_samples=1500", *QUIET]
     kill = ["+callbacks.fault._target_=tests.faults.KillAt", "+callbacks.fault.at_step=15"]
-    _interrupt_resume_compare(tmp_path, common, kill, returncode=-9, last_step=10)
+    interrupt_resume_compare(tmp_path, common, kill, returncode=-9, last_step=10)
 
 
 def test_run_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_result(
@@ -83,4 +56,4 @@ def test_run_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_result(
     the rest of epoch 1, not one epoch less (a `scontrol requeue`)."""
     common = [*tiny_overrides(data_root), "trainer.max_epochs=3", *QUIET]
     term = ["+callbacks.fault._target_=tests.faults.SignalAt", "+callbacks.fault.at_step=15"]
-    _interrupt_resume_compare(tmp_path, common, term, returncode=143, last_step=16)
+    interrupt_resume_compare(tmp_path, common, term, returncode=143, last_step=16)
