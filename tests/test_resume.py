@@ -57,3 +57,15 @@ def test_run_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_result(
     common = [*tiny_overrides(data_root), "trainer.max_epochs=3", *QUIET]
     term = ["+callbacks.fault._target_=tests.faults.SignalAt", "+callbacks.fault.at_step=15"]
     interrupt_resume_compare(tmp_path, common, term, returncode=143, last_step=16)
+
+
+def test_run_stopped_by_sigterm_on_an_epochs_last_batch_resumes_to_the_same_weights(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """SIGTERM on epoch 1's last batch: last.ckpt is written before that epoch's validation,
+    which the resumed run skips. Validation draws its noise on forked streams (VAL_SEED), so
+    skipping it leaves the training noise, and hence the weights, as in the uninterrupted run."""
+    common = [*tiny_overrides(data_root), "trainer.max_epochs=3", *QUIET]
+    term = ["+callbacks.fault._target_=tests.faults.SignalAt", "+callbacks.fault.at_step=19"]
+    keys = ("test/elbo", "samples_seen", "global_step")
+    interrupt_resume_compare(tmp_path, common, term, returncode=143, last_step=20, keys=keys)

@@ -7,6 +7,7 @@ optimiser, and logs `{train,val,test}/{elbo,recon,kl,loss}` in nats per datapoin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +21,16 @@ from aevb.distributed import gather_rng_states, seed_rank_streams
 from aevb.likelihoods import build_likelihood
 from aevb.networks import build_networks, init_normal_
 from aevb.numerics import full_precision, wide_dtype
-from aevb.rng import KeyedNormal
+from aevb.rng import KeyedNormal, forked_streams, mix_seed
 
 #: per-datapoint quantities logged as `{train,val,test}/<name>` (epoch means, nats)
 LOGGED_TERMS = ("elbo", "recon", "kl", "loss")
+
+#: seed of validation's z draws: every validation (and the sanity check) runs on streams forked
+#: from training's and set to mix_seed(VAL_SEED, rank), so it never moves the training noise (a
+#: run stopped before an epoch's validation resumes to the same weights) and every epoch's
+#: val/elbo uses the same noise (common random numbers across epochs)
+VAL_SEED = 0x5EED_0A1
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -255,6 +262,9 @@ class VAE(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_kl_dims: Tensor | None = None
+        self._val_streams = ExitStack()  # closed (training streams restored) at the epoch end
+        seed = mix_seed(VAL_SEED, self.global_rank)
+        self._val_streams.enter_context(forked_streams(seed, self.device))
 
     def _log_val_kl_per_dim(self) -> None:
         """Per-dimension KL over the validation set: a histogram and `val/kl_active_dims`."""
@@ -294,6 +304,7 @@ class VAE(L.LightningModule):
         self._log_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
+        self._val_streams.close()
         self._log_val_kl_per_dim()
         values = self._log_epoch("val")
         if values is not None and not self.trainer.sanity_checking:
