@@ -160,9 +160,10 @@ def scenario_requeue(work: Path) -> float:
 def scenario_timeout(work: Path, epoch_s: float) -> None:
     # SLURM signals USR2 signal_delay_s before the 1-minute limit, checking every ~30 s and
     # up to 30 s early: 25-55 s after the start for 5 s, after submitit has set its handler
-    # (a signal while the job still loads its pickle kills it). Sized to ~60 s of training at
-    # the twin's speed, the job cannot finish in its first allocation.
-    epochs = max(8, math.ceil(60 / epoch_s))
+    # (a signal while the job still loads its pickle kills it). Sized to ~150 s of training at
+    # the speed of the requeue scenario's twin, which shared the cores with another job: alone,
+    # this job may run twice as fast, and must still outlast its first allocation.
+    epochs = max(8, math.ceil(150 / epoch_s))
     sweep, proc = launch(
         work,
         "timeout",
