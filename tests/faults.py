@@ -8,6 +8,7 @@ import signal
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 
 
 class PoisonWeights(L.Callback):
@@ -56,11 +57,19 @@ class NoImprovement(L.Callback):
 
 
 class SignalAt(L.Callback):
-    """Send this process `signum` at training step `at_step` (as `kill` from outside would)."""
+    """Send this process `signum` at training step `at_step` (as `kill` from outside would).
+    `launcher_from_job=N`: instead, sweep job N alone sends it to the process that launched it
+    (a joblib sweep's launcher, as one `kill <pid>` would)."""
 
-    def __init__(self, at_step: int, signum: int = signal.SIGTERM) -> None:
-        self.at_step, self.signum = at_step, signum
+    def __init__(
+        self, at_step: int, signum: int = signal.SIGTERM, launcher_from_job: int | None = None
+    ) -> None:
+        self.at_step, self.signum, self.from_job = at_step, signum, launcher_from_job
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.at_step:
+        if trainer.global_step != self.at_step:
+            return
+        if self.from_job is None:
             os.kill(os.getpid(), self.signum)
+        elif HydraConfig.get().job.num == self.from_job:
+            os.kill(os.getppid(), self.signum)

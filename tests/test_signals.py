@@ -125,6 +125,28 @@ def test_a_sweep_stopped_by_sigterm_exits_143_and_its_summary_says_interrupted(
     assert "1 interrupted (INTERRUPTED sweep)" in summary
 
 
+def test_a_joblib_sweep_stopped_by_sigterm_stops_every_job_resumably(data_root, tmp_path) -> None:
+    """SIGTERM to the launching process of a 2-worker joblib sweep of 3 jobs: it is forwarded to
+    the workers; the two running jobs stop at a batch end with a last.ckpt, the third never
+    starts, all three are `interrupted`, the summary says so and the launcher exits 143."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *fast(data_root)]
+        + ["trainer.max_epochs=50", "model.latent_dim=2,3,4"]
+        + ["+callbacks.fault._target_=tests.faults.SignalAt", "+callbacks.fault.at_step=15"]
+        + ["+callbacks.fault.launcher_from_job=0", f"hydra.sweep.dir={sweep}"],
+        tmp_path,
+        env={"PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert "stopping the sweep's 2 running jobs" in proc.stderr
+    records = {job: json.loads((sweep / job / "metrics.json").read_text()) for job in "012"}
+    assert {r["status"] for r in records.values()} == {"interrupted"}
+    started = [r for r in records.values() if r["last_checkpoint_step"] is not None]
+    assert len(started) == 2 and all(r["last_checkpoint_step"] >= 15 for r in started)
+    assert "3 interrupted (INTERRUPTED sweep)" in (sweep / "summary.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def finished(data_root, tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("signals")

@@ -7,6 +7,11 @@
   current batch and stops the fit (`trainer.should_stop`), so the optimizer step is never cut in
   half and last.ckpt is written (`checkpoints.RunCheckpoint` at the end of fit); a second
   signal raises `Interrupted` at once. `signum` says which signal stopped it.
+- `stopping_sweep()`: in the process that launches a sweep, a first SIGINT/SIGTERM that arrives
+  while process-pool workers (hydra/launcher=joblib) run its jobs is forwarded to them, so each
+  running job stops as above and is recorded `interrupted`; jobs not yet started are recorded
+  `interrupted` without training (`worker_stopped`), the summary is written and the launcher
+  exits 130/143. Without workers (or on a second signal) it raises `Interrupted` at once.
 
 Exit status 130 (SIGINT) / 143 (SIGTERM), as a shell reports a process killed by that signal.
 """
@@ -14,6 +19,8 @@ Exit status 130 (SIGINT) / 143 (SIGTERM), as a shell reports a process killed by
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -51,6 +58,77 @@ def raising() -> Iterator[None]:
         signal.signal(s, _raise)
     try:
         yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+#: the signal this worker process received (`in_worker`): it then starts no further job
+_worker_signal: int | None = None
+
+
+def in_worker() -> bool:
+    """True in a process-pool launcher's worker (joblib/loky), whose job results go back to
+    the launching process instead of ending it."""
+    return multiprocessing.parent_process() is not None
+
+
+def _remember(signum: int, frame: FrameType | None) -> None:
+    global _worker_signal
+    _worker_signal = signum
+
+
+def worker_stopped(signum: int | None = None) -> int | None:
+    """In a worker: remember `signum` (a job it ran was interrupted), keep remembering signals
+    that arrive between jobs (the default action would kill the worker, and the launcher would
+    then abort every other job), and return the signal received so far, or None."""
+    global _worker_signal
+    if signum is not None:
+        _worker_signal = signum
+    for s in SIGNALS:
+        signal.signal(s, _remember)
+    return _worker_signal
+
+
+class SweepStop:
+    """The signal `stopping_sweep` forwarded to the workers (None: none); `exit_code` 128 + it."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        workers = multiprocessing.active_children()
+        if self.signum is not None or not workers:
+            raise Interrupted(signum)
+        self.signum = signum
+        for worker in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signum)
+        print(
+            f"aevb-train: {signal.Signals(signum).name} received: stopping the sweep's "
+            f"{len(workers)} running jobs after their batch (send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else 128 + self.signum
+
+    def __str__(self) -> str:
+        return "not stopped" if self.signum is None else str(Interrupted(self.signum))
+
+
+@contextlib.contextmanager
+def stopping_sweep() -> Iterator[SweepStop]:
+    """`raising()`, except that a first signal while process-pool workers run the sweep's jobs
+    is forwarded to them (see the module docstring); check `.signum` after the block."""
+    stop = SweepStop()
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, stop._handle)
+    try:
+        yield stop
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

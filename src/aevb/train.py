@@ -278,7 +278,10 @@ def _summary(metrics: dict[str, Any], run_dir: Path) -> str:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _app(cfg: DictConfig) -> float | None:
+    worker = signals.in_worker()  # a joblib worker: its result goes back to the launcher
     try:
+        if worker and (signum := signals.worker_stopped()) is not None:
+            raise signals.Interrupted(signum, "the sweep was stopped before this job started")
         with signals.raising():
             metrics = train(cfg)
     except signals.Interrupted as err:  # a sweep stops too: its summary says `interrupted`
@@ -288,6 +291,9 @@ def _app(cfg: DictConfig) -> float | None:
             f"aevb-train: {err}; resume with resume=auto hydra.run.dir={run_dir}",
             file=sys.stderr,
         )
+        if worker:  # let the launcher collect the other jobs; it exits 130/143 after them
+            signals.worker_stopped(err.signum)
+            return None
         sys.exit(err.exit_code)
     except (ConfigError, DataError, ValueError, Diverged, OSError, OmegaConfBaseException) as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN or _full_error():
@@ -324,12 +330,15 @@ def main() -> None:
     if problem:
         print(f"aevb-train: error: {problem}", file=sys.stderr)
         sys.exit(2)
-    try:
-        with signals.raising():  # also while Hydra sets up, before train() starts
+    try:  # also while Hydra sets up, before train() starts; joblib workers get the signal
+        with signals.stopping_sweep() as stop:
             _app()
     except signals.Interrupted as err:
         print(f"aevb-train: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    if stop.exit_code is not None:
+        print(f"aevb-train: sweep {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
 
 
 if __name__ == "__main__":
