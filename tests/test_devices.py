@@ -25,7 +25,7 @@ from aevb.config import ConfigError, budget_steps
 from aevb.data import EpochShuffle, ImageDataModule, binarize_once
 from aevb.devices import check_precision, runtime_record, slurm_tasks
 from aevb.distributed import restore_rng_states
-from aevb.divergence import Diverged, DivergenceGuard
+from aevb.divergence import ACCELERATOR_EVERY, Diverged, DivergenceGuard
 from aevb.learning_curve import LearningCurve
 from aevb.rng import KeyedNormal, forked_streams, get_state, rank_seed
 from aevb.train import config_dir
@@ -221,6 +221,51 @@ def test_a_thinned_check_still_stops_before_the_next_checkpoint() -> None:
         _guard_step(guard, trainer, SimpleNamespace(last_terms={"recon": torch.tensor([recon])}))
     with pytest.raises(Diverged, match="step 2 .*recon"):  # the first bad step, not the last
         guard.on_save_checkpoint(trainer, None, {})
+
+
+@pytest.mark.parametrize("name", ["adam", "adagrad", "sgd"])
+def test_a_fused_optimizer_skips_a_non_finite_update_on_the_device(name: str) -> None:
+    """Checked every 10th step: the NaN gradient of step 2 is handed to the fused step as
+    found_inf and skipped (weights and optimizer state untouched), the finite steps around it
+    are applied, and the next check names step 2."""
+    w = torch.nn.Parameter(torch.ones(3))
+    optimizer = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}.get(
+        name, torch.optim.SGD
+    )([w], lr=0.1, fused=True)
+    guard = DivergenceGuard(check_every_n_steps=10, check_grads=True)
+    guard.on_train_start(None, SimpleNamespace(parameters=lambda: [w]))
+    strategy = _Strategy({"flags": torch.zeros(2), "first": torch.full((2,), -1)})
+    trainer = SimpleNamespace(global_step=1, current_epoch=0, world_size=1, strategy=strategy)
+    module = SimpleNamespace(last_terms={"recon": torch.ones(2)})
+    seen = []
+    for step, g in ((1, 1.0), (2, float("nan")), (3, 1.0)):
+        trainer.global_step, w.grad = step, torch.full((3,), g)
+        before = (w.detach().clone(), {k: v.clone() for k, v in optimizer.state[w].items()})
+        guard.on_before_optimizer_step(trainer, module, optimizer)
+        optimizer.step()
+        seen.append(not torch.equal(w.detach(), before[0]))
+        if step == 2:  # skipped: the weights and the optimizer's state as before the step
+            assert all(torch.equal(v, before[1][k]) for k, v in optimizer.state[w].items())
+    assert seen == [True, False, True] and torch.isfinite(w).all()
+    with pytest.raises(Diverged, match="step 2 .*gradient"):
+        guard.check(trainer)
+
+
+def test_the_guard_reads_its_flags_every_step_on_cpu_and_thins_on_an_accelerator() -> None:
+    fused = SimpleNamespace(defaults={"fused": True})
+    plain = SimpleNamespace(defaults={"fused": None})
+    for device, optimizers, every in (
+        ("cpu", [fused], 1),
+        ("cuda", [fused], ACCELERATOR_EVERY),
+        ("cuda", [plain], 1),
+    ):
+        guard = DivergenceGuard(check_every_n_steps=None)
+        module = SimpleNamespace(parameters=lambda: [], device=torch.device(device))
+        guard.on_train_start(SimpleNamespace(optimizers=optimizers), module)
+        assert guard.every == every, (device, optimizers)
+    explicit = DivergenceGuard(check_every_n_steps=7)
+    explicit.on_train_start(SimpleNamespace(optimizers=[fused]), module)
+    assert explicit.every == 7
 
 
 def test_a_thinned_guard_stops_before_validating_or_checkpointing(data_root, tmp_path) -> None:

@@ -16,6 +16,14 @@ from torch import Tensor
 
 from aevb.distributed import any_rank
 
+#: steps between two reads of the flags on an accelerator with a fused optimizer (auto)
+ACCELERATOR_EVERY = 100
+
+
+def _skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's step honours `found_inf` (torch's fused implementations)."""
+    return bool(optimizer.defaults.get("fused"))
+
 
 class Diverged(RuntimeError):
     """A non-finite loss term or gradient; str() is one line naming the step and the term."""
@@ -36,19 +44,25 @@ class DivergenceGuard(L.Callback):
 
     Reads the module's `last_terms` ({name: Tensor} of the step's loss terms, set by the
     LightningModule) and the gradients. Every step's non-finite flags are OR-ed into one flag
-    tensor on the device (no host sync); every `check_every_n_steps`-th step, before validation
-    and before any checkpoint is written, the flags are all-reduced over ranks (every rank
-    decides alike) and read once. With 1 (the default) no non-finite update is ever applied;
-    with n > 1 the run stops within n steps, naming the first bad step, and never validates or
-    writes a checkpoint after it (n > 1 saves a host sync per step on a GPU).
+    tensor on the device (no host sync). A fused optimizer (`optim.fused=true`, the default)
+    is handed the step's flag as `found_inf`, as torch's GradScaler does, so it skips that
+    step's update on the device: no non-finite update is ever applied, whatever the interval.
+    Every `check_every_n_steps`-th step, before validation and before any checkpoint is
+    written, the flags are all-reduced over ranks (every rank decides alike) and read once; the
+    run then stops naming the first bad step. None (the default) picks 1 on a CPU, where a read
+    costs nothing, and `ACCELERATOR_EVERY` on an accelerator with a fused optimizer, where a
+    per-step read stalls the device and rules out CUDA graphs (1 with an unfused one, which
+    cannot skip an update on the device).
     """
 
-    def __init__(self, check_every_n_steps: int = 1, check_grads: bool = True) -> None:
-        if check_every_n_steps < 1:
+    def __init__(self, check_every_n_steps: int | None = None, check_grads: bool = True) -> None:
+        if check_every_n_steps is not None and check_every_n_steps < 1:
             raise ValueError(
-                f"callbacks.divergence.check_every_n_steps must be >= 1, got {check_every_n_steps}"
+                "callbacks.divergence.check_every_n_steps must be >= 1 or null (auto), "
+                f"got {check_every_n_steps}"
             )
-        self.every, self.check_grads = check_every_n_steps, check_grads
+        self.requested, self.check_grads = check_every_n_steps, check_grads
+        self.every = check_every_n_steps or 1
         self._names: list[str] = []
         self._flags: Tensor | None = None  # [terms] bool: non-finite at some step since start
         self._first: Tensor | None = None  # the first step with a non-finite term (-1: none)
@@ -56,6 +70,10 @@ class DivergenceGuard(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._params = [p for p in pl_module.parameters() if p.requires_grad]
         self._flags = self._first = None
+        if self.requested is None:
+            on_cpu = pl_module.device.type == "cpu"
+            fused = all(_skips_on_device(o) for o in trainer.optimizers)
+            self.every = 1 if on_cpu or not fused else ACCELERATOR_EVERY
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
@@ -73,6 +91,8 @@ class DivergenceGuard(L.Callback):
             fresh = bad & ~self._flags
             self._first = torch.where(fresh, trainer.global_step, self._first)
             self._flags = self._flags | bad
+            if optimizer is not None and _skips_on_device(optimizer):
+                optimizer.found_inf = bad.any().float()  # read by the fused step: skip it
         if trainer.global_step % self.every == 0:
             self.check(trainer)
 
