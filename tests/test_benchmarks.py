@@ -68,3 +68,29 @@ def test_eval_throughput_smoke(data_root) -> None:
     )
     assert nll <= -iwae1  # log mean exp >= mean log of the same weights
     assert abs(nll - log_prob_nll) < 1e-3  # the fast log-density is the same density
+
+
+def test_sweep_throughput_smoke(data_root) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "sweep_throughput.py"),
+            "--data-root",
+            str(data_root),
+            "--epochs",
+            "1",
+            "data.val_size=100",
+            "model.hidden_dims=[32]",
+            "model.latent_dim=4",
+            "trainer=cpu",
+            "eval.iw_samples=10",
+            "eval.iwae_ks=[1,5]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "(a) one job alone" in out and "(b) 2-job joblib sweep" in out, out
+    assert "goal 4: 2-job joblib sweep = " in out, out
