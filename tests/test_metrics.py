@@ -164,6 +164,10 @@ def test_binary_log_density_is_the_bernoulli_log_likelihood(pixels: int) -> None
     torch.testing.assert_close(fast.double(), exact, rtol=2e-6, atol=1e-4)
     scratch = torch.empty(2 * logits.numel())  # reused work space: the same numbers
     assert torch.equal(metrics.binary_log_density(logits, 2 * x - 1, scratch), fast)
+    # differentiable (scratch is then not used): d/dl = x - sigmoid(l)
+    leaf = logits.clone().requires_grad_()
+    metrics.binary_log_density(leaf, 2 * x - 1, scratch).sum().backward()
+    torch.testing.assert_close(leaf.grad, (x - torch.sigmoid(logits)).expand_as(logits))
 
 
 def test_importance_weights_of_bernoulli_images_match_log_prob() -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, Normal, kl_divergence
 
@@ -169,8 +170,11 @@ def binary_log_density(logits: Tensor, sign: Tensor, scratch: Tensor | None = No
     a product stays above 2^-64): one log per group rather than the log1p per pixel that
     dominates `Bernoulli.log_prob` on CPUs. Equal to it within float32 rounding of the sums.
     logits: [..., B, P] (pixels flattened), sign: [B, P]; scratch: room for two tensors of
-    logits' size, reused across calls (fresh memory costs page faults on every call).
+    logits' size, reused across calls (fresh memory costs page faults on every call). With
+    gradients on, it is torch's `logsigmoid`, summed.
     """
+    if logits.requires_grad and torch.is_grad_enabled():  # smooth gradients (|t| has a kink)
+        return F.logsigmoid(logits * sign).sum(-1)
     size = logits.numel()
     if scratch is None:
         scratch = logits.new_empty(2 * size)
