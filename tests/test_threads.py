@@ -35,10 +35,12 @@ def test_slurm_cpus_per_task_is_the_share() -> None:
 
 @pytest.mark.parametrize("var", ["OMP_NUM_THREADS", "MKL_NUM_THREADS"])
 def test_an_explicit_thread_count_wins(var: str) -> None:
-    env = {var: "2", "SLURM_CPUS_PER_TASK": "8"}
+    env = {var: "3", "SLURM_CPUS_PER_TASK": "8"}
     for launcher in ({"_target_": JOBLIB, "n_jobs": 4}, {"_target_": SLURM, "cpus_per_task": 8}):
         share = thread_share(env, 16, launcher)
-        assert share.threads is None and var in share.reason  # torch reads the variable itself
+        assert share.threads == 3 and var in share.reason
+    # not a count: left to torch, which reads the variable itself
+    assert thread_share({var: "auto"}, 16, {"_target_": JOBLIB, "n_jobs": 4}).threads is None
 
 
 def test_one_job_at_a_time_keeps_torch_default() -> None:
@@ -57,8 +59,8 @@ def test_apply_sets_torch_and_exports_the_share(monkeypatch: pytest.MonkeyPatch)
         share = apply_thread_share({"_target_": JOBLIB, "n_jobs": 2})
         assert share.threads == 2 and torch.get_num_threads() == 2
         assert os.environ["OMP_NUM_THREADS"] == "2"  # child processes keep the share
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # now explicit: torch is left alone
-        assert apply_thread_share({"_target_": JOBLIB, "n_jobs": 4}).threads is None
-        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # explicit: wins over the share
+        assert apply_thread_share({"_target_": JOBLIB, "n_jobs": 4}).threads == 3
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)

@@ -6,7 +6,8 @@ oversubscribe the cores: every parallel op then waits for a thread that is not r
 each job of aevb-train defaults to its share (docs/sweeps.md, "Threads per job"):
 
 1. a thread count the user set wins: OMP_NUM_THREADS or MKL_NUM_THREADS in the environment
-   (torch reads them itself; joblib's loky workers get OMP_NUM_THREADS = cores // n_jobs);
+   (set again: joblib's loky workers cap torch at cores // n_jobs even then, and get
+   OMP_NUM_THREADS = cores // n_jobs from joblib when the user set none);
 2. under SLURM, SLURM_CPUS_PER_TASK, the cores allocated to the task;
 3. the joblib launcher: cores // n_jobs, at least 1 (n_jobs < 0 means cores + 1 + n_jobs);
 4. a launcher with `cpus_per_task` (submitit local or SLURM without that variable): that;
@@ -47,8 +48,11 @@ def thread_share(
     """The thread count of a job on `cores` cores, with environment `env`, launched by the Hydra
     launcher whose config is `launcher` (its `_target_`, `n_jobs`, `cpus_per_task`)."""
     for var in EXPLICIT:
-        if env.get(var):
-            return ThreadShare(None, f"{var}={env[var]} (set explicitly)")
+        value = env.get(var, "")
+        if value.isdigit() and int(value) > 0:  # set again: joblib's workers would cap it
+            return ThreadShare(int(value), f"{var}={value} in the environment")
+        if value:  # not a count: torch reads it as it does
+            return ThreadShare(None, f"{var}={value!r} in the environment")
     slurm = env.get("SLURM_CPUS_PER_TASK", "")
     if slurm.isdigit() and int(slurm) > 0:
         return ThreadShare(int(slurm), f"SLURM_CPUS_PER_TASK={slurm}")
