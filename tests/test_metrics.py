@@ -148,3 +148,62 @@ def test_active_units_and_per_dimension_kl_on_constructed_unused_dims(data_root)
     kl = torch.tensor(model.test_latent_stats["kl_per_dim"])
     assert torch.all(kl[2:].abs() < 1e-6) and torch.all(kl[:2] > 0.1)
     assert sum(model.test_latent_stats["kl_per_dim"]) == pytest.approx(out["test/kl"], rel=1e-4)
+
+
+@pytest.mark.parametrize("pixels", [784, 97, 130])  # groups of 56, 1 (97 is prime), 26
+def test_binary_log_density_is_the_bernoulli_log_likelihood(pixels: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, pixels, generator=g) < 0.3).float()
+    logits = torch.randn(3, 6, pixels, generator=g) * 8
+    logits[0, 0, :5] = torch.tensor([-100.0, 100.0, -30.0, 30.0, 0.0])  # saturated pixels
+    l64, x64 = logits.double(), x.double()
+    # log p(x|l) = sum_p x log sigmoid(l) + (1 - x) log sigmoid(-l), written out in float64
+    exact = (x64 * l64 - torch.log1p(torch.exp(-l64.abs())) - l64.clamp_min(0)).sum(-1)
+    fast = metrics.binary_log_density(logits, 2 * x - 1)
+    assert fast.shape == (3, 6) and fast.dtype == torch.float32
+    torch.testing.assert_close(fast.double(), exact, rtol=2e-6, atol=1e-4)
+    scratch = torch.empty(2 * logits.numel())  # reused work space: the same numbers
+    assert torch.equal(metrics.binary_log_density(logits, 2 * x - 1, scratch), fast)
+    # differentiable (scratch is then not used): d/dl = x - sigmoid(l)
+    leaf = logits.clone().requires_grad_()
+    metrics.binary_log_density(leaf, 2 * x - 1, scratch).sum().backward()
+    torch.testing.assert_close(leaf.grad, (x - torch.sigmoid(logits)).expand_as(logits))
+
+
+def test_importance_weights_of_bernoulli_images_match_log_prob() -> None:
+    """The fast Bernoulli path of importance_log_weights against torch's Bernoulli.log_prob;
+    grey images (allow_nonbinary) keep log_prob, bit for bit."""
+    torch.manual_seed(0)
+    model = VAE(data_shape=(1, 6, 6), latent_dim=3, hidden_dims=[16]).eval()
+    model.likelihood.allow_nonbinary = True
+    x = torch.bernoulli(torch.full((5, 1, 6, 6), 0.4))
+    grey = torch.rand(5, 1, 6, 6)
+
+    def log_w(images: torch.Tensor, decode) -> torch.Tensor:
+        with torch.no_grad():
+            q = model.encode(images)
+            gen = torch.Generator().manual_seed(0)
+            return metrics.importance_log_weights(
+                images, q, decode, model.prior, 70, chunk=12, generator=gen
+            )
+
+    def opaque(z: torch.Tensor) -> _Opaque:  # the same density, not recognised as Bernoulli
+        return _Opaque(model.decode(z))
+
+    fast, slow = log_w(x, model.decode), log_w(x, opaque)
+    assert not torch.equal(fast, slow)  # the fast path did run
+    torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-4)
+    assert torch.equal(log_w(grey, model.decode), log_w(grey, opaque))
+
+
+class _Opaque(torch.distributions.Distribution):
+    """A distribution that only forwards log_prob (hides its Bernoulli type)."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, inner: torch.distributions.Distribution) -> None:
+        self.inner = inner
+        super().__init__(inner.batch_shape, inner.event_shape, validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.inner.log_prob(value)

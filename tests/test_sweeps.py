@@ -88,6 +88,9 @@ def test_joblib_launcher_grid(data_root: Path, tmp_path: Path) -> None:
     )
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     _check_grid(sweep, proc)
+    for job in ("0", "1", "2", "3"):  # aevb.threads ran in every worker (run_cli sets OMP=1)
+        log = "".join(f.read_text() for f in (sweep / job).glob("*.log"))
+        assert "torch threads: 1 (OMP_NUM_THREADS=1 in the environment)" in log, log[-2000:]
 
 
 def test_submitit_local_launcher_grid(data_root: Path, tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal, kl_divergence
+from torch.distributions import Bernoulli, Distribution, Independent, Normal, kl_divergence
 
 from aevb.hmc import appendix_d_log_likelihood
 from aevb.numerics import wide_dtype
@@ -93,6 +94,7 @@ def importance_log_weights(
     on every device, `aevb.rng.KeyedNormal`) or else from `generator` (on its own device, e.g. a
     CPU generator for a GPU model), one [B, D] draw per sample index, so the result does not
     depend on `chunk`, the most decoder rows evaluated at once (None: `IW_CHUNK` for the device).
+    Bernoulli p(x|z) of binary x take `binary_log_density` (a third of the time of `log_prob`).
     """
     if not (isinstance(k, int) and k >= 1):
         raise ValueError(f"k (importance samples) must be an integer >= 1, got {k!r}")
@@ -104,28 +106,84 @@ def importance_log_weights(
     batch = x.shape[0]
     per_pass = max(1, min(k, chunk // max(batch, 1)))  # samples per decoder pass
     rows = max(1, chunk // per_pass)  # datapoints per decoder pass
+    # z and log p(z) - log q(z|x) for `span` samples at once: fewer small ops (same values)
+    span = per_pass * max(1, SAMPLE_SPAN // per_pass)
+    pixels = math.prod(x.shape[1:])
+    sign = scratch = None  # x as +-1 for binary_log_density, and its work space
+    if bool(((x == 0) | (x == 1)).all()):
+        sign = (2 * x - 1).flatten(1).to(loc.dtype)
+        scratch = loc.new_empty(2 * per_pass * min(rows, batch) * pixels)
     out = torch.empty(k, batch, dtype=loc.dtype, device=loc.device)
-    for i in range(0, k, per_pass):
-        s = min(per_pass, k - i)
-        if noise is not None:
-            eps = noise.take(i, s).to(device=loc.device, dtype=loc.dtype)
-        else:
-            where = generator.device if generator is not None else loc.device
-            eps = torch.stack(
-                [
-                    torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=where)
-                    for _ in range(s)
-                ]
-            ).to(loc.device)
-        z = loc + scale * eps  # [s, B, D]
-        log_w = out[i : i + s]
-        torch.sub(prior.log_prob(z), posterior.log_prob(z), out=log_w)
-        for j in range(0, batch, rows):
-            zj, xj = z[:, j : j + rows], x[j : j + rows]
-            n = zj.shape[1]
-            log_px = decode(zj.flatten(0, 1)).log_prob(xj.expand(s, *xj.shape).flatten(0, 1))
-            log_w[:, j : j + n] += log_px.view(s, n)
+    for a in range(0, k, span):
+        z = loc + scale * _draws(a, min(span, k - a), loc, generator, noise)  # [span, B, D]
+        torch.sub(prior.log_prob(z), posterior.log_prob(z), out=out[a : a + z.shape[0]])
+        for i in range(0, z.shape[0], per_pass):
+            zi, log_w = z[i : i + per_pass], out[a + i : a + i + per_pass]
+            s = zi.shape[0]
+            for j in range(0, batch, rows):
+                zj, xj = zi[:, j : j + rows], x[j : j + rows]
+                n = zj.shape[1]
+                px = decode(zj.flatten(0, 1))
+                logits = bernoulli_logits(px) if sign is not None else None
+                if logits is not None and logits.numel() == s * n * pixels:
+                    log_px = binary_log_density(logits.view(s, n, -1), sign[j : j + n], scratch)
+                else:
+                    log_px = px.log_prob(xj.expand(s, *xj.shape).flatten(0, 1)).view(s, n)
+                log_w[:, j : j + n] += log_px
     return out
+
+
+#: importance samples whose z and log p(z) - log q(z|x) are computed at once
+SAMPLE_SPAN = KeyedNormal.BLOCK
+
+
+def _draws(
+    start: int,
+    count: int,
+    loc: Tensor,
+    generator: torch.Generator | None,
+    noise: KeyedNormal | None,
+) -> Tensor:
+    """eps for samples start, ..., start + count - 1: Tensor[count, B, D] on loc's device."""
+    if noise is not None:
+        return noise.take(start, count).to(device=loc.device, dtype=loc.dtype)
+    where = generator.device if generator is not None else loc.device
+    draws = [
+        torch.randn(loc.shape, generator=generator, dtype=loc.dtype, device=where)
+        for _ in range(count)
+    ]
+    return torch.stack(draws).to(loc.device)
+
+
+def bernoulli_logits(px: Distribution) -> Tensor | None:
+    """The logits of p(x|z) = Independent(Bernoulli(logits=...)) (`aevb.likelihoods`), else None."""
+    if isinstance(px, Independent) and isinstance(px.base_dist, Bernoulli):
+        return vars(px.base_dist).get("logits")  # None if made from probs
+    return None
+
+
+def binary_log_density(logits: Tensor, sign: Tensor, scratch: Tensor | None = None) -> Tensor:
+    """sum_p log Bernoulli(x_p; sigmoid(l_p)) of binary x, given as sign = 2x - 1: Tensor[...].
+
+    With t = sign * l, each term is log sigmoid(t) = min(t, 0) + log sigmoid(|t|). The second
+    sum is taken as the log of products over groups of up to 64 pixels (factors in [1/2, 1), so
+    a product stays above 2^-64): one log per group rather than the log1p per pixel that
+    dominates `Bernoulli.log_prob` on CPUs. Equal to it within float32 rounding of the sums.
+    logits: [..., B, P] (pixels flattened), sign: [B, P]; scratch: room for two tensors of
+    logits' size, reused across calls (fresh memory costs page faults on every call). With
+    gradients on, it is torch's `logsigmoid`, summed.
+    """
+    if logits.requires_grad and torch.is_grad_enabled():  # smooth gradients (|t| has a kink)
+        return F.logsigmoid(logits * sign).sum(-1)
+    size = logits.numel()
+    if scratch is None:
+        scratch = logits.new_empty(2 * size)
+    t = torch.mul(logits, sign, out=scratch[:size].view(logits.shape))
+    tail = torch.abs(t, out=scratch[size : 2 * size].view(logits.shape)).sigmoid_()
+    pixels = t.shape[-1]
+    group = max(g for g in range(1, min(64, pixels) + 1) if pixels % g == 0)
+    log_tail = tail.unflatten(-1, (pixels // group, group)).prod(-1).log_().sum(-1)
+    return t.clamp_max_(0).sum(-1).add_(log_tail)
 
 
 def iwae_bound(log_w: Tensor, k: int | None = None) -> Tensor:

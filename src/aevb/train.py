@@ -35,6 +35,7 @@ from aevb.mcem import MonteCarloEM
 from aevb.numerics import configure_numerics
 from aevb.preflight import check_command_line
 from aevb.rundir import RESUME, is_secondary_rank, resume_checkpoint  # noqa: F401
+from aevb.threads import apply_thread_share
 from aevb.vae import VAE
 from aevb.wake_sleep import WakeSleep
 
@@ -72,6 +73,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_trainer(cfg.trainer)
     check_accelerator(cfg.trainer.get("accelerator"))  # here, not in preflight: a login node
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    apply_thread_share(HydraConfig.get().launcher)  # a sweep job's share of the cores
     configure_numerics()  # TF32 training matmuls, flushed subnormals (as aevb-eval)
     # epoch metrics are summed over ranks with strategy.reduce before logging (VAE._log_epoch):
     # Lightning's advice to add sync_dist=True does not apply
