@@ -31,6 +31,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aevb.atomic import write_bytes_atomic
+from aevb.errors import CheckpointError
 
 #: checkpoint key holding `identity(cfg)` of the run that wrote it
 IDENTITY_KEY = "aevb_identity"
@@ -45,10 +46,6 @@ PORTABLE_KEYS = frozenset(
 #: hyper-parameters are plain dicts, RNG states are tensors and numpy arrays, which
 #: `weights_only` loading already allows). Add a class here only with a test that writes it.
 SAFE_GLOBALS: tuple[Any, ...] = ()
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; str() is one line naming the file and what to do."""
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:

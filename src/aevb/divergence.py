@@ -15,20 +15,7 @@ import torch
 from torch import Tensor
 
 from aevb.distributed import any_rank
-
-
-class Diverged(RuntimeError):
-    """A non-finite loss term or gradient; str() is one line naming the step and the term."""
-
-    def __init__(self, step: int, epoch: int, term: str) -> None:
-        super().__init__(
-            f"training diverged at step {step} (epoch {epoch}): {term} is not finite; "
-            "lower optim.lr or set trainer.gradient_clip_val"
-        )
-        self.step, self.epoch, self.term = step, epoch, term
-
-    def __reduce__(self) -> tuple[object, ...]:  # picklable: joblib/submitit send it back
-        return type(self), (self.step, self.epoch, self.term)
+from aevb.errors import Diverged
 
 
 class DivergenceGuard(L.Callback):

@@ -29,13 +29,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aevb import signals
 from aevb.atomic import describe_os_error, write_json_atomic
-from aevb.config import ConfigError, EvalConfig
-from aevb.data import DataError
+from aevb.config import EvalConfig
 from aevb.devices import check_accelerator, runtime_record
+from aevb.errors import ConfigError, DataError, one_line
 from aevb.marginal_curve import marginal_log_likelihood
 from aevb.numerics import configure_numerics
 from aevb.progress import EvalProgress
 from aevb.runs import checkpoint_of, load_run
+from aevb.vae import EvaluationSettings
 
 #: aevb-eval's defaults; aevb-train's test/nll uses conf/train.yaml's smaller eval.iw_samples
 DEFAULTS = EvalConfig(iw_samples=5000)
@@ -90,7 +91,7 @@ def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str
     run_dir, ckpt = resolve(target)
     run = load_run(run_dir, checkpoint=ckpt)
     model = run.model
-    model.evaluation = settings.test_evaluation()
+    model.evaluation = EvaluationSettings(**settings.test_evaluation())
     check_memory(settings, run.datamodule.eval_batch_size, accelerator)
     L.seed_everything(settings.seed, workers=False, verbose=False)
     trainer = L.Trainer(
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"aevb-eval: {err}; {note}", file=sys.stderr)
         sys.exit(err.exit_code)
     except (FileNotFoundError, ConfigError, DataError, ValueError) as err:
-        print(f"aevb-eval: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"aevb-eval: error: {one_line(err, limit=None)}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:
         print(f"aevb-eval: error: {describe_os_error(err)}", file=sys.stderr)

@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 from torch.distributions import Normal
 
 from aevb.atomic import write_bytes_atomic, write_json_atomic
+from aevb.errors import FiguresError
 from aevb.learning_curve import CURVE_FILE
 from aevb.marginal_curve import CURVE_FILE as MARGINAL_FILE
 
@@ -44,10 +45,6 @@ ALGORITHM_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-Sleep", "mcem": "MCEM"}
 ALGORITHM_COLORS = {"aevb": "tab:red", "wake_sleep": "tab:green", "mcem": "tab:blue"}
 DATA_LABELS = {"mnist": "MNIST", "frey_face": "Frey Face", "fashion_mnist": "Fashion-MNIST"}
 FIG5_LATENTS = (2, 5, 10, 20)
-
-
-class FiguresError(RuntimeError):
-    """Nothing to draw, or unreadable runs; str() is one line."""
 
 
 @dataclass

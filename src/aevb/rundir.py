@@ -36,6 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from aevb import checkpoints
+from aevb.errors import CheckpointError, ConfigError, RunDirError
 
 log = logging.getLogger("aevb.rundir")
 
@@ -45,10 +46,6 @@ RESUME = ("requeue", "auto", "never")
 _NOT_IDENTITY = ("resume", "ckpt_path")
 #: open directory descriptors whose flock this process holds (released at exit)
 _HELD: dict[Path, int] = {}
-
-
-class RunDirError(RuntimeError):
-    """A run or sweep dir this launch may not use; str() is one line."""
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -64,7 +61,6 @@ def resume_checkpoint(
     timed out and requeued by submitit / `scontrol requeue`, same job dir); `auto`: whenever
     the file exists; `never`: start from scratch.
     """
-    from aevb.config import ConfigError  # late: config imports every module
 
     if resume not in RESUME:
         raise ConfigError("resume", f"one of {list(RESUME)}", resume)
@@ -123,8 +119,8 @@ def check_ckpt_path(cfg: DictConfig) -> None:
     if ckpt_path is not None:
         try:
             checkpoints.check_identity(cfg, checkpoints.load(ckpt_path), ckpt_path)
-        except checkpoints.CheckpointError as err:
-            raise checkpoints.CheckpointError(f"ckpt_path: {err}") from err
+        except CheckpointError as err:
+            raise CheckpointError(f"ckpt_path: {err}") from err
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
@@ -203,7 +199,7 @@ class RunDirGuard(Callback):
             check_ckpt_path(config)  # before the lock creates the run dir
             lock(run_dir, "hydra.run.dir")
             check_run_dir(config, run_dir)
-        except (RunDirError, checkpoints.CheckpointError, ValueError) as err:
+        except (RunDirError, CheckpointError, ValueError) as err:
             _refuse(err)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -10,10 +10,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from aevb import checkpoints
+from aevb.config import Settings
 from aevb.data import ImageDataModule
 from aevb.mcem import MonteCarloEM
+from aevb.registry import ALGORITHMS
 from aevb.vae import VAE
-from aevb.wake_sleep import WakeSleep
 
 
 @dataclass
@@ -45,8 +46,6 @@ def load_run(
     checkpoint is loaded without running code and must match the run's data, model, objective
     and optimizer (`checkpoints.check_identity`); else a one-line `CheckpointError`.
     """
-    from aevb.config import Settings  # late: config imports every module
-
     run_dir = Path(run_dir).resolve()
     cfg_path = run_dir / ".hydra" / "config.yaml"
     if not cfg_path.is_file():
@@ -60,7 +59,7 @@ def load_run(
         root = Path(launch) / root
     data_kwargs.update(root=str(root), download=False)
     ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_of(run_dir)
-    model_cls = {"wake_sleep": WakeSleep, "mcem": MonteCarloEM}.get(settings.model.algorithm, VAE)
+    model_cls = ALGORITHMS[settings.model.algorithm]
     checkpoints.check_identity(cfg, checkpoints.load(ckpt), ckpt)
     model = model_cls.load_from_checkpoint(ckpt, map_location=map_location, weights_only=True)
     model.eval()

@@ -30,6 +30,7 @@ from datetime import date
 from pathlib import Path
 
 from aevb.atomic import write_bytes_atomic
+from aevb.errors import StepSizeError
 from aevb.learning_curve import CURVE_FILE
 
 #: the paper's candidate Adagrad step sizes
@@ -47,10 +48,6 @@ PROBE_OVERRIDES = (
     "trainer.enable_progress_bar=false",
     "resume=auto",
 )
-
-
-class StepSizeError(RuntimeError):
-    """A bad argument or an unusable probe; str() is one line."""
 
 
 @dataclass(frozen=True)

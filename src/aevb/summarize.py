@@ -38,6 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from aevb.atomic import write_bytes_atomic
+from aevb.errors import SummaryError, one_line
 
 log = logging.getLogger("aevb.summarize")
 
@@ -58,15 +59,6 @@ _ERROR_LINE = re.compile(r"\]\[ERROR\] - (.*)$")
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Diverged|Interrupt)\b.*)$")
 _JOB_FAILED = "job failed: "
 _NO_RESULT = "no metrics.json: the job crashed, was killed, or is still running"
-
-
-class SummaryError(RuntimeError):
-    """The directory is not a sweep dir; str() is one line."""
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def find_jobs(sweep_dir: Path) -> list[Path]:
@@ -105,7 +97,7 @@ def _override_pairs(job: Path) -> list[tuple[str, str]]:
 def error_line(job: Path, metrics: dict[str, Any] | None = None) -> str:
     """Why a job failed, in one line: metrics.json's error, else its log files, else a guess."""
     if metrics and metrics.get("error"):
-        return _one_line(f"{metrics.get('status', 'failed')}: {metrics['error']}")
+        return one_line(f"{metrics.get('status', 'failed')}: {metrics['error']}")
     found: str | None = None
     for log_file in sorted(job.glob("*.log")):
         try:
@@ -118,7 +110,7 @@ def error_line(job: Path, metrics: dict[str, Any] | None = None) -> str:
         if found is None:
             found = next((ln for ln in reversed(lines) if _EXCEPTION_LINE.match(ln)), None)
     if found:
-        return _one_line(found.removeprefix(_JOB_FAILED))
+        return one_line(found.removeprefix(_JOB_FAILED))
     if metrics is not None:
         return f"status {metrics.get('status')!r} in metrics.json"
     return _NO_RESULT
@@ -142,7 +134,7 @@ def read_job(job: Path) -> dict[str, Any]:
     if metrics is not None and metrics.get("status") == "completed":
         row["status"], row["error"] = "completed", ""
     elif metrics is not None and metrics.get("status") == "interrupted":
-        row["status"], row["error"] = "interrupted", _one_line(metrics.get("error", ""))
+        row["status"], row["error"] = "interrupted", one_line(metrics.get("error", ""))
     else:
         row["status"], row["error"] = "failed", error_line(job, metrics)
     return row
@@ -339,7 +331,7 @@ class SweepSummary(Callback):
             try:
                 job_return.return_value  # noqa: B018 -- re-raises the job's exception
             except Exception as err:  # noqa: BLE001 -- any failure is reported
-                log.error("%s%s: %s", _JOB_FAILED, type(err).__name__, _one_line(str(err)))
+                log.error("%s%s: %s", _JOB_FAILED, type(err).__name__, one_line(str(err)))
 
     def _write(self) -> None:
         sweep_dir, self._sweep_dir = self._sweep_dir, None  # once per multirun

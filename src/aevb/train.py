@@ -25,18 +25,18 @@ from omegaconf.errors import OmegaConfBaseException
 from aevb import checkpoints, signals
 from aevb.atomic import describe_os_error, write_json_atomic
 from aevb.callbacks import log_hparams
-from aevb.config import ConfigError, Settings, budget_steps
-from aevb.data import DataError, ImageDataModule
+from aevb.config import Settings, budget_steps
+from aevb.data import ImageDataModule
 from aevb.devices import check_accelerator, check_trainer, runtime_record
-from aevb.divergence import Diverged
+from aevb.errors import CheckpointError, ConfigError, DataError, Diverged
 from aevb.hparams import override_values
 from aevb.mcem import MONITOR as MCEM_MONITOR
 from aevb.mcem import MonteCarloEM
 from aevb.numerics import configure_numerics
 from aevb.preflight import check_command_line
+from aevb.registry import ALGORITHMS
 from aevb.rundir import RESUME, is_secondary_rank, resume_checkpoint  # noqa: F401
-from aevb.vae import VAE
-from aevb.wake_sleep import WakeSleep
+from aevb.vae import EvaluationSettings
 
 log = logging.getLogger("aevb.train")
 
@@ -102,7 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         n_train, world = len(datamodule.train_images), trainer.world_size
         steps = budget_steps(cfg.budget_samples, settings.data.batch_size, n_train, world)
         trainer.fit_loop.epoch_loop.max_steps = steps  # what Trainer(max_steps=...) sets
-    model_cls = {"wake_sleep": WakeSleep, "mcem": MonteCarloEM}.get(settings.model.algorithm, VAE)
+    model_cls = ALGORITHMS[settings.model.algorithm]
     model = model_cls(**settings.model_kwargs(datamodule.data_shape, len(datamodule.train_images)))
     if isinstance(model, MonteCarloEM):  # no bound: best.ckpt by the Appendix D estimate
         if cfg.get("budget_samples") is not None:  # max_steps counts optimiser steps
@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.checkpoint_callback is not None:
             trainer.checkpoint_callback.monitor = MCEM_MONITOR
     monitor = trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else "val/elbo"
-    model.evaluation = settings.eval.test_evaluation()  # test/nll, test/iwae_k*, active units
+    model.evaluation = EvaluationSettings(**settings.eval.test_evaluation())  # test/nll, ...
 
     ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(cfg.get("resume", "never"), run_dir)
     if ckpt_path is not None:
@@ -208,7 +208,7 @@ def check_checkpoint(path: str, model: L.LightningModule, cfg: DictConfig | None
         ckpt = checkpoints.load(file)
         if cfg is not None:
             checkpoints.check_identity(cfg, ckpt, path)
-    except checkpoints.CheckpointError as err:
+    except CheckpointError as err:
         raise ConfigError("ckpt_path", f"a usable checkpoint ({err})", path) from err
     if "loops" not in ckpt:
         raise ConfigError(
@@ -261,7 +261,7 @@ def _record_interrupted(err: signals.Interrupted, run_dir: Path) -> None:
         step = int(checkpoints.load(last).get("global_step", -1)) if last.is_file() else None
         record.update(last_checkpoint="checkpoints/last.ckpt" if step is not None else None)
         write_json_atomic(run_dir / "metrics.json", {**record, "last_checkpoint_step": step})
-    except (OSError, checkpoints.CheckpointError) as problem:
+    except (OSError, CheckpointError) as problem:
         log.warning("metrics.json not written: %s", problem)
 
 

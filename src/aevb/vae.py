@@ -21,6 +21,7 @@ from aevb.distributed import gather_rng_states, seed_rank_streams
 from aevb.likelihoods import build_likelihood
 from aevb.networks import build_networks, init_normal_
 from aevb.numerics import full_precision, wide_dtype
+from aevb.registry import OPTIMIZERS
 from aevb.rng import KeyedNormal, forked_streams, mix_seed
 
 #: per-datapoint quantities logged as `{train,val,test}/<name>` (epoch means, nats)
@@ -31,12 +32,6 @@ LOGGED_TERMS = ("elbo", "recon", "kl", "loss")
 #: run stopped before an epoch's validation resumes to the same weights) and every epoch's
 #: val/elbo uses the same noise (common random numbers across epochs)
 VAL_SEED = 0x5EED_0A1
-
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adagrad": torch.optim.Adagrad,
-    "sgd": torch.optim.SGD,
-}
 
 
 @dataclass(frozen=True)
@@ -400,8 +395,6 @@ class VAE(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         cfg = dict(self.hparams.optim or {"name": "adam", "lr": 1e-3})
         name = cfg.pop("name")
-        if name not in OPTIMIZERS:
-            raise ValueError(f"optim.name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
         optimizer = OPTIMIZERS[name](self.parameters(), **cfg)
         spec = self.hparams.get("lr_schedule")  # absent from checkpoints older than schedules
         if not spec or spec["name"] == "none":
