@@ -56,7 +56,8 @@ class DivergenceGuard(L.Callback):
             bad = torch.stack([~torch.isfinite(t).all() for t in terms.values()])
             if self._flags is None or list(terms) != self._names:
                 self._names = list(terms)
-                self._flags, self._first = bad, torch.full_like(bad, -1, dtype=torch.long)
+                self._flags = torch.zeros_like(bad)  # so a first step already bad is "fresh"
+                self._first = torch.full_like(bad, -1, dtype=torch.long)
             fresh = bad & ~self._flags
             self._first = torch.where(fresh, trainer.global_step, self._first)
             self._flags = self._flags | bad

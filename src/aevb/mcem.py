@@ -140,6 +140,10 @@ class MonteCarloEM(L.LightningModule):
         """p(x|z): batch shape [N], event shape = image shape."""
         return self.likelihood(self.decoder(z))
 
+    def decode_mean(self, z: Tensor) -> Tensor:
+        """E[x|z] images for codes z [N, D] (moved to the model's device): Tensor[N, C, H, W]."""
+        return self.likelihood.mean(self.decoder(z.to(self.prior_loc.device)))
+
     @property
     def optimizer_steps_per_batch(self) -> int:
         """Optimiser steps (global_step) per minibatch: aevb-train scales max_steps by it."""
@@ -149,7 +153,7 @@ class MonteCarloEM(L.LightningModule):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n images E[x|z] with z ~ p(z): Tensor[n, C, H, W]."""
         z = torch.randn(n, self.hparams.latent_dim, generator=generator)
-        return self.likelihood.mean(self.decoder(z.to(self.prior_loc.device)))
+        return self.decode_mean(z)
 
     def log_likelihood(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """log p(x) by the Appendix D estimator (paper settings): Tensor[B], nats."""

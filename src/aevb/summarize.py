@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from aevb.atomic import write_bytes_atomic
 from aevb.errors import SummaryError, one_line
+from aevb.rundir import RunDir
 
 log = logging.getLogger("aevb.summarize")
 
@@ -65,13 +66,13 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
     """Job directories below `sweep_dir` in job order (hydra.job.num, then path)."""
     jobs = [
         marker.parent.parent
-        for marker in sweep_dir.rglob(".hydra/overrides.yaml")
+        for marker in sweep_dir.rglob(RunDir.OVERRIDES)
         if marker.parent.parent != sweep_dir
     ]
 
     def order(job: Path) -> tuple[int, list[Any]]:
         num = -1
-        hydra_yaml = job / ".hydra" / "hydra.yaml"
+        hydra_yaml = RunDir(job).hydra_config
         if hydra_yaml.is_file():
             try:
                 value = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num")
@@ -86,7 +87,7 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
 
 
 def _override_pairs(job: Path) -> list[tuple[str, str]]:
-    overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
+    overrides = OmegaConf.load(RunDir(job).overrides)
     pairs = []
     for item in overrides:
         key, sep, value = str(item).partition("=")
@@ -119,7 +120,7 @@ def error_line(job: Path, metrics: dict[str, Any] | None = None) -> str:
 def read_job(job: Path) -> dict[str, Any]:
     """One summary row: overrides, metrics, status and (for failed jobs) the error line."""
     metrics: dict[str, Any] | None = None
-    path = job / "metrics.json"
+    path = RunDir(job).metrics
     if path.is_file():
         try:
             metrics = json.loads(path.read_text())

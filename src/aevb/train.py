@@ -35,7 +35,13 @@ from aevb.mcem import MonteCarloEM
 from aevb.numerics import configure_numerics
 from aevb.preflight import check_command_line
 from aevb.registry import ALGORITHMS
-from aevb.rundir import RESUME, is_secondary_rank, resume_checkpoint  # noqa: F401
+from aevb.rundir import (  # noqa: F401 -- RESUME: the `resume` values
+    RESUME,
+    RunDir,
+    is_secondary_rank,
+    resume_checkpoint,
+    run_config_of,
+)
 from aevb.vae import EvaluationSettings
 
 log = logging.getLogger("aevb.train")
@@ -145,7 +151,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     metrics.update(
         {
-            "best_checkpoint": _in_run_dir(best_path, run_dir) if best_path else None,
+            "best_checkpoint": RunDir(run_dir).relative(best_path) if best_path else None,
             f"best_{monitor}": float(ckpt.best_model_score) if best_path else None,
             "final_is_best": final_is_best,
             "epochs": trainer.current_epoch,
@@ -167,14 +173,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN  # the sweep declares the columns (SweepHParams)
     log_hparams(loggers, params, final, step=trainer.global_step, declare=not multirun)
     if trainer.is_global_zero:
-        write_json_atomic(run_dir / "metrics.json", metrics)
+        write_json_atomic(RunDir(run_dir).metrics, metrics)
         print(_summary(metrics, run_dir))
     return metrics
-
-
-def _in_run_dir(path: str, run_dir: Path) -> str:
-    """`path` relative to the run dir; absolute if it lies elsewhere (a copied run dir)."""
-    return str(Path(path).relative_to(run_dir)) if Path(path).is_relative_to(run_dir) else path
 
 
 def check_ddp_launch(trainer: L.Trainer) -> None:
@@ -207,7 +208,7 @@ def check_checkpoint(path: str, model: L.LightningModule, cfg: DictConfig | None
     try:
         ckpt = checkpoints.load(file)
         if cfg is not None:
-            checkpoints.check_identity(cfg, ckpt, path)
+            checkpoints.check_identity(cfg, ckpt, path, run_config_of(path))
     except CheckpointError as err:
         raise ConfigError("ckpt_path", f"a usable checkpoint ({err})", path) from err
     if "loops" not in ckpt:
@@ -234,16 +235,17 @@ def _record_divergence(
     """metrics.json with status `diverged`: where, which term, and the last good checkpoints."""
     if not trainer.is_global_zero:
         return
-    ckpts = run_dir / "checkpoints"
+    run = RunDir(run_dir)
+    last = run.last_checkpoint
     write_json_atomic(
-        run_dir / "metrics.json",
+        run.metrics,
         {
             "status": "diverged",
             "error": str(err),
             "diverged_step": err.step,
             "diverged_epoch": err.epoch,
             "diverged_term": err.term,
-            "last_checkpoint": "checkpoints/last.ckpt" if (ckpts / "last.ckpt").is_file() else None,
+            "last_checkpoint": run.relative(last) if last.is_file() else None,
             "samples_seen": int(model.samples_seen),
             "wall_time_s": round(seconds, 3),
             "hparams": settings.hparams(),
@@ -255,12 +257,13 @@ def _record_interrupted(err: signals.Interrupted, run_dir: Path) -> None:
     """metrics.json with status `interrupted`: the signal and the checkpoint to resume from."""
     if is_secondary_rank():
         return
-    last = run_dir / "checkpoints" / "last.ckpt"
+    run = RunDir(run_dir)
+    last = run.last_checkpoint
     record = {"status": "interrupted", "error": str(err), "signal": err.name}
     try:  # best effort: the exit status says interrupted anyway
         step = int(checkpoints.load(last).get("global_step", -1)) if last.is_file() else None
-        record.update(last_checkpoint="checkpoints/last.ckpt" if step is not None else None)
-        write_json_atomic(run_dir / "metrics.json", {**record, "last_checkpoint_step": step})
+        record.update(last_checkpoint=run.relative(last) if step is not None else None)
+        write_json_atomic(run.metrics, {**record, "last_checkpoint_step": step})
     except (OSError, CheckpointError) as problem:
         log.warning("metrics.json not written: %s", problem)
 
