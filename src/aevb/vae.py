@@ -72,8 +72,8 @@ class VAE(L.LightningModule):
         data_shape: image shape [C, H, W].
         latent_dim: dimensionality D of z.
         hidden_dims: encoder hidden widths; the decoder mirrors them.
-        activation: hidden nonlinearity (see `aevb.networks.ACTIVATIONS`).
-        architecture: network family (see `aevb.networks.build_networks`).
+        activation: hidden nonlinearity (see `aevb.registry.ACTIVATIONS`).
+        architecture: network family (see `aevb.registry.ARCHITECTURES`).
         likelihood: `{"name": ..., **kwargs}` for `aevb.likelihoods.build_likelihood`.
         beta: weight of the KL term in the training loss (1 = the ELBO).
         samples: L, Monte Carlo samples of z per datapoint.
