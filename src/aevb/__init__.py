@@ -8,7 +8,11 @@ torch.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names, for type checkers and editors
+    from aevb.runs import Run, load_run
+    from aevb.vae import VAE
 
 __all__ = ["VAE", "Run", "load_run"]
 __version__ = "0.1.0"
