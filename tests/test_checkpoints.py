@@ -14,7 +14,7 @@ import torch
 
 from aevb import atomic, checkpoints, runs
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, run_cli, tiny_overrides
 from .fs import read_only, small_tmpfs
 from .test_rundir import error_lines, fast
 
@@ -186,3 +186,26 @@ def test_run_checkpoint_restores_the_state_of_a_plain_model_checkpoint() -> None
     assert RunCheckpoint(**kwargs).state_key == ModelCheckpoint(**kwargs).state_key
     with pytest.raises(ValueError, match="last_every_n_epochs must be an integer >= 1"):
         RunCheckpoint(last_every_n_epochs=0, **kwargs)
+
+
+#: a 1-epoch run (tiny data, hidden_dims=[8], latent_dim=4) written by the code before the
+#: registry/RunDir refactor (issue 19): runs of a long campaign resume across such changes
+OLD_RUN = Path(__file__).parent / "fixtures" / "run_v0"
+
+
+def test_a_checkpoint_of_an_earlier_release_loads_and_resumes(
+    data_root: Path, tmp_path: Path
+) -> None:
+    run = runs.load_run(OLD_RUN)
+    assert run.cfg.model.hidden_dims == [8] and not run.model.training
+    x = torch.rand(3, *run.model.data_shape)
+    assert torch.isfinite(run.model.elbo(x)).all()
+    ckpt = tmp_path / "old.ckpt"
+    shutil.copy(OLD_RUN / "checkpoints" / "last.ckpt", ckpt)
+    quiet = ["eval.iw_samples=0", "eval.iwae_ks=[]", "~callbacks.latent_scatter"]
+    args = [*tiny_overrides(data_root), "model.hidden_dims=[8]", *quiet]
+    args += ["~callbacks.latent_manifold", "trainer.max_epochs=2", f"ckpt_path={ckpt}"]
+    done = run_cli([*args, f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["global_step"] == 20 and metrics["samples_seen"] == 1000

@@ -207,3 +207,16 @@ def test_fig3_draws_two_panels_of_six_curves_from_marginal_curves(tmp_path: Path
     table = (tmp_path / "out" / "summary.md").read_text().splitlines()
     assert table[0].startswith("| data | N_train | algorithm |") and len(table) == 2 + 6
     assert "| MNIST | 1000 | MCEM | 2.00e+07 | -178.0 | -193.0 |" in table[4]
+
+
+def test_without_out_figures_go_to_a_figures_folder_not_over_a_sweeps_summary(
+    tmp_path: Path,
+) -> None:
+    """`aevb-figures SWEEP` used to write SWEEP/summary.md, the file aevb-summarize writes."""
+    sweep = tmp_path / "sweep"
+    _fig3_run(sweep, 1000, "aevb", 0.0, done=True)
+    (sweep / "summary.md").write_text("the sweep's table\n")
+    make_figures([sweep])
+    assert (sweep / "summary.md").read_text() == "the sweep's table\n"
+    assert (sweep / "figures" / "fig3_mnist.png").is_file()
+    assert (sweep / "figures" / "summary.md").read_text().startswith("| data | N_train |")

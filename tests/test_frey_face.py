@@ -13,8 +13,9 @@ import scipy.io
 import torch
 
 from aevb import frey_face
-from aevb.data import SOURCES, DataError, ImageDataModule
+from aevb.data import DataError, ImageDataModule
 from aevb.frey_face import FreyFace, read_frey_mat, split_rows
+from aevb.registry import DATASETS
 
 from .conftest import SHARED_DATA
 
@@ -134,7 +135,7 @@ def test_download_verifies_md5_and_fails_in_one_line(
 
 def test_datamodule_serves_grey_faces(tmp_path: Path) -> None:
     write_frey_mat(tmp_path, n=80)
-    assert "frey_face" in SOURCES
+    assert "frey_face" in DATASETS
     dm = ImageDataModule("frey_face", str(tmp_path), False, batch_size=10, val_size=5,
                          binarize="none")  # fmt: skip
     dm.setup()

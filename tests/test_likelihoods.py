@@ -137,7 +137,7 @@ def test_binary_likelihood_refuses_grey_levels_unless_opted_in() -> None:
 
 
 def test_registry_errors_name_the_field_and_the_choices() -> None:
-    with pytest.raises(ValueError, match="likelihood must be one of"):
+    with pytest.raises(ValueError, match="likelihood.name must be one of"):
         build_likelihood("poisson", SHAPE)
     with pytest.raises(ValueError, match="likelihood=gaussian"):
         build_likelihood("gaussian", SHAPE, sigma_mode="pixel")

@@ -9,8 +9,9 @@ import lightning as L
 import pytest
 import torch
 
-from aevb.marginal_curve import CURVE_FILE, MarginalCurve, marginal_log_likelihood
+from aevb.marginal_curve import MarginalCurve, marginal_log_likelihood
 from aevb.metrics import AppendixD
+from aevb.rundir import RunDir
 from aevb.vae import VAE
 
 from .test_mcem import exact_log_px, loader, make_model, toy_data
@@ -60,7 +61,7 @@ def test_curve_points_on_a_linear_grid_with_json_and_resume_state(tmp_path) -> N
                         accelerator="cpu", callbacks=[curve], limit_val_batches=0,
                         default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(model, datamodule=_Data(data))
-    record = json.loads((tmp_path / CURVE_FILE).read_text())
+    record = json.loads((tmp_path / RunDir.MARGINAL_CURVE).read_text())
     samples = [p["samples"] for p in record["points"]]
     assert samples == [0, 200, 400, 450]  # the untrained model, every 200, the end
     assert record["train_points"] == 20 and record["test_points"] == 10

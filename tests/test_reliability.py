@@ -144,7 +144,7 @@ def test_download_from_a_silent_server_times_out(tmp_path, monkeypatch) -> None:
     start = time.monotonic()
     try:
         with pytest.raises(DataError, match="download failed"):
-            data.SOURCES["mnist"](str(tmp_path), True)
+            data.load_mnist(str(tmp_path), True)
     finally:
         server.close()
     assert time.monotonic() - start < 20

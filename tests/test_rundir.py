@@ -205,3 +205,31 @@ def test_rank_variables_mark_secondary_ranks() -> None:
 
 def test_repo_on_path_for_fault_callbacks() -> None:
     assert (REPO / "tests" / "faults.py").is_file()
+
+
+def test_run_dir_names_every_file_and_finds_the_best_checkpoint(tmp_path: Path) -> None:
+    from aevb.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    assert not run.is_run() and RunDir.of_checkpoint(tmp_path / "x.ckpt") is None
+    run.config.parent.mkdir(parents=True)
+    run.config.write_text("{}")
+    assert run.is_run() and RunDir.below(tmp_path) == [run]
+    with pytest.raises(FileNotFoundError, match="no checkpoints/best.ckpt"):
+        run.checkpoint()
+    run.checkpoints.mkdir()
+    run.last_checkpoint.write_bytes(b"")
+    assert run.checkpoint() == run.path / "checkpoints" / "last.ckpt" and run.has_checkpoint()
+    run.best_checkpoint.write_bytes(b"")
+    assert run.checkpoint() == run.path / "checkpoints" / "best.ckpt"
+    assert run.relative(run.best_checkpoint) == "checkpoints/best.ckpt"
+    assert run.relative(tmp_path / "elsewhere.ckpt") == str(tmp_path / "elsewhere.ckpt")
+    assert RunDir.of_checkpoint(run.last_checkpoint) == RunDir(run.path.resolve())
+    names = [run.metrics, run.eval, run.learning_curve, run.marginal_curve, run.figures]
+    assert [p.name for p in names] == [
+        "metrics.json",
+        "eval.json",
+        "learning_curve.json",
+        "marginal_curve.json",
+        "figures",
+    ]

@@ -61,3 +61,16 @@ def test_training_improves_elbo_and_checkpoint_round_trips(data_root, tmp_path) 
     ):
         torch.testing.assert_close(p, q, msg=name)
     assert int(loaded.samples_seen) == 1500
+
+
+def test_manifold_grid_orders_codes_as_the_figure_and_decode_mean_is_e_x_given_z() -> None:
+    from aevb.vae import manifold_grid, prior_quantiles
+
+    q = prior_quantiles(3)
+    assert torch.allclose(q, torch.tensor([-0.9674, 0.0, 0.9674]), atol=1e-4)
+    z = manifold_grid(3).view(3, 3, 2)  # rows, columns, (z_1, z_2)
+    assert torch.equal(z[0, :, 0], q) and torch.equal(z[:, 0, 1], q.flip(0))
+    model = VAE(data_shape=(1, 4, 4), latent_dim=2, hidden_dims=[8])
+    codes = torch.randn(5, 2)
+    expected = torch.sigmoid(model.decoder(codes)[:, 0])  # Bernoulli: E[x|z] = sigmoid(logits)
+    assert torch.allclose(model.decode_mean(codes), expected)

@@ -17,11 +17,11 @@ import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
-from torch.distributions import Normal
 from torchvision.utils import make_grid
 
 from aevb import metrics
 from aevb.hparams import experiment_summary, session_summaries
+from aevb.vae import manifold_grid, prior_quantiles
 
 
 def tensorboard_writer(trainer: L.Trainer) -> Any | None:
@@ -37,23 +37,12 @@ def _grid(images: Tensor, nrow: int) -> Tensor:
     return make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1)
 
 
-def _decode_mean(model: L.LightningModule, z: Tensor) -> Tensor:
-    """E[x|z] images for latent codes z [N, D]."""
-    return model.likelihood.mean(model.decoder(z.to(model.device)))
-
-
 def _eval_images(datamodule: Any) -> tuple[Tensor, Tensor]:
     """Validation images and labels (training images when there is no validation split)."""
     images = getattr(datamodule, "val_images", None)
     if images is None or len(images) == 0:
         return datamodule.train_images, datamodule.train_labels
     return images, datamodule.val_labels
-
-
-def _unit_grid(steps: int) -> Tensor:
-    """`steps` points of the standard normal at evenly spaced quantiles (i + 0.5) / steps."""
-    u = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-    return Normal(0.0, 1.0).icdf(u)
 
 
 class ImageCallback(L.Callback):
@@ -131,7 +120,7 @@ class PriorSamples(ImageCallback):
     def image(self, pl_module: L.LightningModule, datamodule: Any) -> Tensor:
         g = torch.Generator().manual_seed(self.seed)
         z = torch.randn(self.num_samples, pl_module.hparams.latent_dim, generator=g)
-        return _grid(_decode_mean(pl_module, z), nrow=int(np.ceil(np.sqrt(self.num_samples))))
+        return _grid(pl_module.decode_mean(z), nrow=int(np.ceil(np.sqrt(self.num_samples))))
 
 
 class LatentManifold(ImageCallback):
@@ -154,10 +143,9 @@ class LatentManifold(ImageCallback):
     def latent_codes(self, pl_module: L.LightningModule, datamodule: Any) -> Tensor:
         """The [rows * steps, D] codes decoded into the grid (rows = steps for D = 2)."""
         dim = pl_module.hparams.latent_dim
-        values = _unit_grid(self.steps)
-        if dim == 2:  # columns: z_1 left to right; rows: z_2 top (high) to bottom (low)
-            z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")
-            return torch.stack([z1, z2], dim=-1).reshape(-1, 2)
+        if dim == 2:
+            return manifold_grid(self.steps)
+        values = prior_quantiles(self.steps)
         x = _eval_images(datamodule)[0][: self.num_points].to(pl_module.device)
         activity = metrics.latent_activity(pl_module.encode(x).mean)
         dims = activity.argsort(descending=True)[: self.num_dims].cpu()
@@ -168,7 +156,7 @@ class LatentManifold(ImageCallback):
 
     def image(self, pl_module: L.LightningModule, datamodule: Any) -> Tensor:
         z = self.latent_codes(pl_module, datamodule)
-        return _grid(_decode_mean(pl_module, z), nrow=self.steps)
+        return _grid(pl_module.decode_mean(z), nrow=self.steps)
 
 
 class LatentScatter(ImageCallback):

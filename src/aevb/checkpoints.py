@@ -31,6 +31,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aevb.atomic import write_bytes_atomic
+from aevb.errors import CheckpointError, one_line
 
 #: checkpoint key holding `identity(cfg)` of the run that wrote it
 IDENTITY_KEY = "aevb_identity"
@@ -45,10 +46,6 @@ PORTABLE_KEYS = frozenset(
 #: hyper-parameters are plain dicts, RNG states are tensors and numpy arrays, which
 #: `weights_only` loading already allows). Add a class here only with a test that writes it.
 SAFE_GLOBALS: tuple[Any, ...] = ()
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; str() is one line naming the file and what to do."""
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -103,7 +100,7 @@ def load(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, A
             "aevb loads checkpoints with torch.load(weights_only=True) and never runs their code"
         ) from err
     except Exception as err:  # noqa: BLE001 -- garbage makes the unpickler raise anything
-        reason = " ".join(str(err).split())[:160]
+        reason = one_line(err, 160)
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({reason}); it is truncated or corrupt, "
             "use another one (e.g. checkpoints/best.ckpt or an earlier copy)"
@@ -114,17 +111,20 @@ def load(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, A
 
 
 def check_identity(
-    cfg: DictConfig | Mapping[str, Any], ckpt: Mapping[str, Any], path: str | os.PathLike[str]
+    cfg: DictConfig | Mapping[str, Any],
+    ckpt: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    run_config: Path | None = None,
 ) -> None:
     """Refuse a checkpoint whose data, model, objective or optimizer differ from `cfg`.
 
-    The reference is the identity stored in the checkpoint, else the `.hydra/config.yaml` of
-    the run dir the checkpoint sits in; a checkpoint with neither is only shape-checked.
+    The reference is the identity stored in the checkpoint, else `run_config`, the resolved
+    config of the run dir the checkpoint sits in (`aevb.rundir.run_config_of`); a checkpoint
+    with neither is only shape-checked.
     """
     stored = ckpt.get(IDENTITY_KEY)
     if stored is None:
-        run_config = Path(path).resolve().parent.parent / ".hydra" / "config.yaml"
-        if not run_config.is_file():
+        if run_config is None or not run_config.is_file():
             return
         stored = identity(OmegaConf.load(run_config))
     diff = difference(stored, identity(cfg))

@@ -2,7 +2,9 @@
 
 The YAML files under conf/ hold the defaults; these dataclasses hold the rules. `Settings`
 checks a composed config before any work starts and raises `ConfigError` with one line naming
-the key and what is allowed.
+the key and what is allowed. The allowed names come from `aevb.registry`, so importing this
+module imports neither torch nor the models; checking a choice's keyword arguments (likelihood,
+lr_schedule) imports its builder.
 """
 
 from __future__ import annotations
@@ -14,29 +16,21 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from aevb.data import BINARIZE, SOURCES
-from aevb.likelihoods import LIKELIHOODS, build_likelihood
-from aevb.lr_schedules import EPOCH_ONLY, INTERVALS, LR_SCHEDULES, schedule_keys
-from aevb.metrics import KL_ESTIMATORS
-from aevb.networks import ACTIVATIONS, ARCHITECTURES
-from aevb.vae import OPTIMIZERS, EvaluationSettings
-
-#: model.algorithm: how the model is trained (aevb.vae, aevb.wake_sleep, aevb.mcem)
-ALGORITHMS = ("aevb", "wake_sleep", "mcem")
-#: eval.marginal: none, or hmc (the Appendix D estimate, test/nll_hmc)
-MARGINALS = ("none", "hmc")
-
-
-class ConfigError(ValueError):
-    """A config value outside what is allowed; str() is one line naming the key."""
-
-    def __init__(self, key: str, allowed: str, got: Any) -> None:
-        super().__init__(f"{key} must be {allowed}, got {got!r}")
-        self.key = key
-        self._init_args = (key, allowed, got)
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable: joblib/submitit send it back
-        return type(self), self._init_args
+from aevb.errors import ConfigError
+from aevb.registry import (
+    ACTIVATIONS,
+    ALGORITHMS,
+    ARCHITECTURES,
+    BINARIZE,
+    DATASETS,
+    EPOCH_ONLY,
+    INTERVALS,
+    KL_ESTIMATORS,
+    LIKELIHOODS,
+    LR_SCHEDULES,
+    MARGINALS,
+    OPTIMIZERS,
+)
 
 
 def lookup(table: DictConfig, key: str) -> Any:
@@ -100,7 +94,7 @@ class DataConfig:
     binarize: str
 
     def __post_init__(self) -> None:
-        _choice(self.name, "data.name", SOURCES)
+        _choice(self.name, "data.name", DATASETS)
         _choice(self.binarize, "data.binarize", (*BINARIZE, "auto"))
         _require(isinstance(self.download, bool), "data.download", "true or false", self.download)
         for key in ("batch_size", "eval_batch_size"):
@@ -299,7 +293,7 @@ class LRScheduleConfig:
         _choice(self.name, "lr_schedule.name", LR_SCHEDULES)
         intervals = ("epoch",) if self.name in EPOCH_ONLY else INTERVALS
         _choice(self.interval, "lr_schedule.interval", intervals)
-        keys = schedule_keys(self.name)
+        keys = LR_SCHEDULES.keywords(self.name, skip=1)  # the builder's, after the optimizer
         for key, value in self.extra.items():
             allowed = f"one of the keys of lr_schedule={self.name} {sorted(keys)}"
             _require(key in keys, f"lr_schedule.{key}", allowed, "unknown key")
@@ -323,7 +317,9 @@ class LikelihoodConfig:
     def __post_init__(self) -> None:
         _choice(self.name, "likelihood.name", LIKELIHOODS)
         try:  # constructing it checks its keyword arguments and values
-            build_likelihood(self.name, (1, 4, 4), **self.extra)
+            LIKELIHOODS[self.name](data_shape=(1, 4, 4), **self.extra)
+        except TypeError as err:  # an unknown or missing keyword argument
+            raise ConfigError("likelihood", "valid", f"likelihood={self.name}: {err}") from err
         except ValueError as err:
             raise ConfigError("likelihood", "valid", str(err)) from err
 
@@ -364,14 +360,14 @@ class EvalConfig:
         n = self.hmc_points
         _require(_is_int(n) and n >= 1, "eval.hmc_points", "an integer >= 1", n)
 
-    def test_evaluation(self) -> EvaluationSettings:
-        """The settings `VAE.evaluation` takes."""
-        return EvaluationSettings(
-            iw_samples=self.iw_samples,
-            iwae_ks=tuple(self.iwae_ks),
-            chunk=self.iw_chunk,
-            seed=self.seed,
-        )
+    def test_evaluation(self) -> dict[str, Any]:
+        """The keyword arguments of `aevb.vae.EvaluationSettings` (what `test_step` computes)."""
+        return {
+            "iw_samples": self.iw_samples,
+            "iwae_ks": tuple(self.iwae_ks),
+            "chunk": self.iw_chunk,
+            "seed": self.seed,
+        }
 
 
 def _build(cls: type, group: str, values: dict[str, Any]) -> Any:
@@ -456,7 +452,7 @@ class Settings:
     def model_kwargs(
         self, data_shape: tuple[int, ...], num_train: int | None = None
     ) -> dict[str, Any]:
-        """Constructor arguments of the model class `model.algorithm` names (see ALGORITHMS)."""
+        """Constructor arguments of `aevb.registry.ALGORITHMS[model.algorithm]`."""
         skip = {"algorithm", "mcem"}
         if self.model.algorithm == "mcem":  # no encoder, no bound: no ELBO settings
             skip |= {"beta", "samples", "kl", "kl_warmup_steps", "kl_cycle_steps", "free_bits"}

@@ -22,15 +22,12 @@ import torchvision
 from filelock import FileLock
 from torch import Tensor
 
+from aevb.errors import DataError, one_line
+from aevb.registry import BINARIZE, DATASETS
 from aevb.rng import rank_seed
 
-BINARIZE = ("none", "dynamic", "static")
 #: seed of the one-off binarization of validation/test images: fixed so NLLs compare across runs
 EVAL_BINARIZATION_SEED = 20131220
-
-
-class DataError(RuntimeError):
-    """Dataset files missing or unreadable; the message is one line saying what to do."""
 
 
 Split = tuple[Tensor, Tensor]  # images uint8/float [N, C, H, W], labels long [N]
@@ -104,7 +101,7 @@ def _torchvision_source(
             with _network_timeout(DOWNLOAD_TIMEOUT_S):
                 splits = [cls(root, train=train, download=download) for train in (True, False)]
         except (RuntimeError, TimeoutError, ConnectionError, URLError) as err:
-            reason = "download=false" if not download else f"download failed ({_one_line(err)})"
+            reason = "download=false" if not download else f"download failed ({one_line(err, 200)})"
             raise DataError(
                 f"{cls.__name__} not found: looked for {', '.join(files)} in {folder.resolve()} "
                 f"({reason}); point data.root at the folder that contains {cls.__name__}/raw/"
@@ -112,31 +109,16 @@ def _torchvision_source(
         except (OSError, ValueError, AssertionError) as err:
             raise DataError(
                 f"{cls.__name__} files in {folder.resolve()} are unreadable "
-                f"({_one_line(err)}); delete them to re-download or fix data.root"
+                f"({one_line(err, 200)}); delete them to re-download or fix data.root"
             ) from err
         return tuple((ds.data.unsqueeze(1), ds.targets.long()) for ds in splits)  # type: ignore[return-value]
 
     return load
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text if len(text) < 200 else text[:197] + "..."
-
-
-def _frey_face_source(root: str, download: bool) -> tuple[Split, Split]:
-    """Frey Face: a fixed-seed split of the 1965 faces, 1765 train / 200 test (aevb.frey_face)."""
-    from aevb.frey_face import load_splits  # late: aevb.frey_face imports this module
-
-    return load_splits(root, download)
-
-
-#: data.name -> loader(root, download) -> ((train images, labels), (test images, labels))
-SOURCES: dict[str, Callable[..., tuple[Split, Split]]] = {
-    "mnist": _torchvision_source(torchvision.datasets.MNIST),
-    "fashion_mnist": _torchvision_source(torchvision.datasets.FashionMNIST),
-    "frey_face": _frey_face_source,
-}
+#: the `aevb.registry.DATASETS` loaders (root, download) -> ((train images, labels), (test ...))
+load_mnist = _torchvision_source(torchvision.datasets.MNIST)
+load_fashion_mnist = _torchvision_source(torchvision.datasets.FashionMNIST)
 
 
 class EpochShuffle:
@@ -281,7 +263,7 @@ def download_lock(root: str | Path, name: str, download: bool) -> Iterator[None]
 class ImageDataModule(L.LightningDataModule):
     """MNIST-like image data held in memory as float tensors in [0, 1], shape [N, C, H, W].
 
-    Args mirror the `data` config group: `name` (see SOURCES), `root`, `download`,
+    Args mirror the `data` config group: `name` (see `aevb.registry.DATASETS`), `root`, `download`,
     `batch_size`, `eval_batch_size`, `val_size` (held out of the training set by a permutation
     seeded with `seed`), `num_train` (optional subset of the remaining training images),
     `seed`, `binarize` (none | dynamic | static). Validation/test images are binarized once with
@@ -301,8 +283,8 @@ class ImageDataModule(L.LightningDataModule):
         binarize: str = "dynamic",
     ) -> None:
         super().__init__()
-        if name not in SOURCES:
-            raise ValueError(f"data.name must be one of {sorted(SOURCES)}, got {name!r}")
+        if name not in DATASETS:
+            raise ValueError(f"data.name must be one of {sorted(DATASETS)}, got {name!r}")
         if binarize not in BINARIZE:
             raise ValueError(f"data.binarize must be one of {BINARIZE}, got {binarize!r}")
         self.name, self.root, self.download = name, str(root), download
@@ -318,7 +300,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _load(self) -> tuple[Split, Split]:
         with download_lock(self.root, self.name, self.download):
-            return SOURCES[self.name](self.root, self.download)
+            return DATASETS[self.name](self.root, self.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self._loaded:

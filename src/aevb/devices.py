@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from omegaconf import ListConfig, OmegaConf
 
-from aevb.config import ConfigError
+from aevb.errors import ConfigError
 
 #: trainer.precision values aevb accepts (Lightning's spellings of full float32)
 PRECISIONS = ("32-true", "32", 32)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from aevb.distributed import any_rank
+from aevb.errors import Diverged
 
 #: steps between two reads of the flags on an accelerator with a fused optimizer (auto)
 ACCELERATOR_EVERY = 100
@@ -23,20 +24,6 @@ ACCELERATOR_EVERY = 100
 def _skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
     """Whether the optimizer's step honours `found_inf` (torch's fused implementations)."""
     return bool(optimizer.defaults.get("fused"))
-
-
-class Diverged(RuntimeError):
-    """A non-finite loss term or gradient; str() is one line naming the step and the term."""
-
-    def __init__(self, step: int, epoch: int, term: str) -> None:
-        super().__init__(
-            f"training diverged at step {step} (epoch {epoch}): {term} is not finite; "
-            "lower optim.lr or set trainer.gradient_clip_val"
-        )
-        self.step, self.epoch, self.term = step, epoch, term
-
-    def __reduce__(self) -> tuple[object, ...]:  # picklable: joblib/submitit send it back
-        return type(self), (self.step, self.epoch, self.term)
 
 
 class DivergenceGuard(L.Callback):
@@ -87,7 +74,8 @@ class DivergenceGuard(L.Callback):
             bad = torch.stack([~torch.isfinite(t).all() for t in terms.values()])
             if self._flags is None or list(terms) != self._names:
                 self._names = list(terms)
-                self._flags, self._first = bad, torch.full_like(bad, -1, dtype=torch.long)
+                self._flags = torch.zeros_like(bad)  # so a first step already bad is "fresh"
+                self._first = torch.full_like(bad, -1, dtype=torch.long)
             fresh = bad & ~self._flags
             self._first = torch.where(fresh, trainer.global_step, self._first)
             self._flags = self._flags | bad

@@ -29,13 +29,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aevb import signals
 from aevb.atomic import describe_os_error, write_json_atomic
-from aevb.config import ConfigError, EvalConfig
-from aevb.data import DataError
+from aevb.config import EvalConfig
 from aevb.devices import check_accelerator, runtime_record
+from aevb.errors import ConfigError, DataError, one_line
 from aevb.marginal_curve import marginal_log_likelihood
 from aevb.numerics import configure_numerics
 from aevb.progress import EvalProgress
+from aevb.rundir import RunDir
 from aevb.runs import checkpoint_of, load_run
+from aevb.vae import EvaluationSettings
 
 #: aevb-eval's defaults; aevb-train's test/nll uses conf/train.yaml's smaller eval.iw_samples
 DEFAULTS = EvalConfig(iw_samples=5000)
@@ -48,14 +50,14 @@ def resolve(target: str | Path) -> tuple[Path, Path | None]:
     if path.is_file():
         if path.suffix != ".ckpt":
             raise FileNotFoundError(f"{target} is neither a run directory nor a .ckpt file")
-        for run_dir in (path.parent, path.parent.parent):
-            if (run_dir / ".hydra" / "config.yaml").is_file():
-                return run_dir, path
-        raise FileNotFoundError(f"{target}: no run directory (.hydra/config.yaml) above it")
+        for run in (RunDir(path.parent), RunDir(path.parent.parent)):
+            if run.is_run():
+                return run.path, path
+        raise FileNotFoundError(f"{target}: no run directory ({RunDir.CONFIG}) above it")
     if not path.is_dir():
         raise FileNotFoundError(f"{target} does not exist (expected a run directory or a .ckpt)")
-    if not (path / ".hydra" / "config.yaml").is_file():
-        raise FileNotFoundError(f"{target} is not an aevb run directory (no .hydra/config.yaml)")
+    if not RunDir(path).is_run():
+        raise FileNotFoundError(f"{target} is not an aevb run directory (no {RunDir.CONFIG})")
     return path, None
 
 
@@ -90,7 +92,7 @@ def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str
     run_dir, ckpt = resolve(target)
     run = load_run(run_dir, checkpoint=ckpt)
     model = run.model
-    model.evaluation = settings.test_evaluation()
+    model.evaluation = EvaluationSettings(**settings.test_evaluation())
     check_memory(settings, run.datamodule.eval_batch_size, accelerator)
     L.seed_everything(settings.seed, workers=False, verbose=False)
     trainer = L.Trainer(
@@ -152,7 +154,7 @@ def save_record(run_dir: Path, record: dict[str, Any]) -> bool:
     If the run dir is not writable, the record goes to ./<run name>.eval.json (else to stdout)
     and an OSError naming where it went is raised: a finished computation is never lost.
     """
-    target = run_dir / "eval.json"
+    target = RunDir(run_dir).eval
     if record.get("status") != "completed" and _completed(target):
         return False
     try:
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"aevb-eval: {err}; {note}", file=sys.stderr)
         sys.exit(err.exit_code)
     except (FileNotFoundError, ConfigError, DataError, ValueError) as err:
-        print(f"aevb-eval: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"aevb-eval: error: {one_line(err, limit=None)}", file=sys.stderr)
         sys.exit(2)
     except OSError as err:
         print(f"aevb-eval: error: {describe_os_error(err)}", file=sys.stderr)

@@ -15,7 +15,8 @@ the model, so they load each run's best checkpoint (`aevb.runs.load_run`):
   at z = Phi^-1 of a regular grid on the unit square.
 - fig5_<data>: random samples E[x|z], z ~ p(z), from the AEVB runs, one panel per Nz.
 
-Each figure is written atomically as PNG and PDF into --out (default: the first directory),
+Each figure is written atomically as PNG and PDF into --out (default: figures/ in the first
+directory, so a sweep's own summary.md is never overwritten),
 with `figures.json` (what was drawn from which run) and `summary.md` (final bounds per run).
 """
 
@@ -33,21 +34,17 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from torch.distributions import Normal
 
 from aevb.atomic import write_bytes_atomic, write_json_atomic
-from aevb.learning_curve import CURVE_FILE
-from aevb.marginal_curve import CURVE_FILE as MARGINAL_FILE
+from aevb.errors import FiguresError, one_line
+from aevb.rundir import RunDir
+from aevb.vae import manifold_grid
 
 #: the paper's names and line colours of the two algorithms
 ALGORITHM_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-Sleep", "mcem": "MCEM"}
 ALGORITHM_COLORS = {"aevb": "tab:red", "wake_sleep": "tab:green", "mcem": "tab:blue"}
 DATA_LABELS = {"mnist": "MNIST", "frey_face": "Frey Face", "fashion_mnist": "Fashion-MNIST"}
 FIG5_LATENTS = (2, 5, 10, 20)
-
-
-class FiguresError(RuntimeError):
-    """Nothing to draw, or unreadable runs; str() is one line."""
 
 
 @dataclass
@@ -68,8 +65,7 @@ class RunInfo:
 
     @property
     def has_checkpoint(self) -> bool:
-        ckpts = self.path / "checkpoints"
-        return (ckpts / "best.ckpt").is_file() or (ckpts / "last.ckpt").is_file()
+        return RunDir(self.path).has_checkpoint()
 
     @property
     def samples(self) -> int:
@@ -78,9 +74,9 @@ class RunInfo:
 
 def read_run(path: Path) -> RunInfo | None:
     """A run's identity (data, Nz, algorithm), curve and metrics; None if not an aevb run."""
-    cfg_file = path / ".hydra" / "config.yaml"
+    run = RunDir(path)
     try:
-        cfg = OmegaConf.load(cfg_file)
+        cfg = OmegaConf.load(run.config)
         info = RunInfo(
             path=path,
             data=str(cfg.data.name),
@@ -90,7 +86,7 @@ def read_run(path: Path) -> RunInfo | None:
         )
     except Exception:  # noqa: BLE001 -- not an aevb-train config: not a run for us
         return None
-    curve_file = path / CURVE_FILE
+    curve_file = run.learning_curve
     if curve_file.is_file():
         try:
             curve = json.loads(curve_file.read_text())
@@ -98,13 +94,13 @@ def read_run(path: Path) -> RunInfo | None:
             info.z_ignored = curve.get("z_ignored")
         except (ValueError, KeyError, TypeError) as err:
             raise FiguresError(f"{curve_file} is unreadable ({err})") from err
-    marginal_file = path / MARGINAL_FILE
+    marginal_file = run.marginal_curve
     if marginal_file.is_file():
         try:
             info.marginal = sorted(json.loads(marginal_file.read_text())["points"], key=_samples)
         except (ValueError, KeyError, TypeError) as err:
             raise FiguresError(f"{marginal_file} is unreadable ({err})") from err
-    metrics_file = path / "metrics.json"
+    metrics_file = run.metrics
     if metrics_file.is_file():
         try:
             info.metrics = json.loads(metrics_file.read_text())
@@ -127,8 +123,8 @@ def find_runs(dirs: Sequence[str | Path]) -> list[RunInfo]:
         root = Path(d)
         if not root.is_dir():
             raise FiguresError(f"{root} is not a directory")
-        for cfg in sorted(root.glob("**/.hydra/config.yaml")):
-            run_dir = cfg.parent.parent.resolve()
+        for run in RunDir.below(root):
+            run_dir = run.path.resolve()
             if run_dir in seen:
                 continue
             seen.add(run_dir)
@@ -382,11 +378,7 @@ def _image_grid(images: torch.Tensor, nrow: int) -> Any:
 def manifold_images(model: Any, steps: int) -> torch.Tensor:
     """Decoder means on a steps x steps grid z = Phi^-1(u), u evenly spaced in (0, 1)^2
     (the paper's Fig. 4): columns z_1 increasing, rows z_2 decreasing."""
-    u = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
-    values = Normal(0.0, 1.0).icdf(u)
-    z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")
-    z = torch.stack([z1, z2], dim=-1).reshape(-1, 2).to(model.device)
-    return model.likelihood.mean(model.decoder(z))
+    return model.decode_mean(manifold_grid(steps))
 
 
 def _native_size(grids: list[Any], title_in: float = 0.4) -> tuple[float, float]:
@@ -506,10 +498,12 @@ def make_figures(
     if not with_curve and not fig4_runs and not fig5_runs and not fig3_runs:
         where = ", ".join(str(d) for d in dirs)
         raise FiguresError(
-            f"no aevb-train runs with {CURVE_FILE}, {MARGINAL_FILE} or checkpoints under {where} "
+            f"no aevb-train runs with {RunDir.LEARNING_CURVE}, {RunDir.MARGINAL_CURVE} or "
+            f"checkpoints under {where} "
             f"({len(runs)} run dirs found); train with +experiment=paper_fig2_mnist or similar"
         )
-    out = Path(out) if out is not None else Path(dirs[0])
+    # default: <first dir>/figures, beside (never over) a sweep's summary.md or a run's files
+    out = Path(out) if out is not None else RunDir(Path(dirs[0])).figures
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict[str, Any] = {"runs": [str(r.path) for r in runs], "figures": {}}
     for data in sorted({k[0] for k in with_curve}):
@@ -536,7 +530,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         description="Draw the AEVB paper's Figures 2-5 from aevb-train run directories.",
     )
     parser.add_argument("dirs", nargs="+", help="run or multirun directories (searched below)")
-    parser.add_argument("--out", default=None, help="output folder (default: the first dir)")
+    parser.add_argument(
+        "--out", default=None, help="output folder (default: figures/ in the first dir)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the Fig. 5 samples")
     parser.add_argument(
         "--axes",
@@ -548,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         manifest = make_figures(args.dirs, args.out, samples_seed=args.seed, axes=args.axes)
     except (FiguresError, FileNotFoundError, ValueError) as err:
-        print(f"aevb-figures: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"aevb-figures: error: {one_line(err, limit=None)}", file=sys.stderr)
         sys.exit(2)
     for name, info in manifest["figures"].items():
         print(f"{name}: {len(info['panels'])} panels -> {', '.join(info['files'])}")

@@ -16,8 +16,7 @@ import torch
 from torch import Tensor
 from torchvision.datasets.utils import check_integrity
 
-from aevb.data import DataError
-from aevb.data import _one_line as one_line
+from aevb.errors import DataError, one_line
 
 URL = "https://cs.nyu.edu/~roweis/data/frey_rawface.mat"
 FILENAME = "frey_rawface.mat"
@@ -49,7 +48,7 @@ def read_frey_mat(path: str | Path) -> Tensor:
         TypeError,
         NotImplementedError,
     ) as err:
-        raise DataError(f"{path} is not a readable MATLAB file ({one_line(err)})") from err
+        raise DataError(f"{path} is not a readable MATLAB file ({one_line(err, 200)})") from err
     if KEY not in mat:
         keys = sorted(k for k in mat if not k.startswith("__"))
         raise DataError(f"{path} has no key {KEY!r} (keys: {keys}); expected Roweis' Frey Face")
@@ -75,7 +74,7 @@ def download_file(folder: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
             tmp.write_bytes(response.read())
     except OSError as err:  # URLError and timeouts are OSErrors
         tmp.unlink(missing_ok=True)
-        raise DataError(f"FreyFace download from {URL} failed ({one_line(err)})") from err
+        raise DataError(f"FreyFace download from {URL} failed ({one_line(err, 200)})") from err
     if not check_integrity(str(tmp), MD5):
         tmp.unlink(missing_ok=True)
         raise DataError(f"FreyFace download from {URL} has the wrong md5 (expected {MD5})")
@@ -139,6 +138,6 @@ def split_rows(n: int, train: bool, test_size: int = TEST_SIZE) -> Tensor:
 def load_splits(
     root: str, download: bool, check_md5: bool = False
 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """The `aevb.data.SOURCES` loader: ((train images, labels), (test images, labels))."""
+    """The `aevb.registry.DATASETS` loader: ((train images, labels), (test images, labels))."""
     splits = [FreyFace(root, train, download, check_md5) for train in (True, False)]
     return tuple((ds.data, ds.targets) for ds in splits)  # type: ignore[return-value]

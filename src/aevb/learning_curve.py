@@ -24,9 +24,9 @@ from aevb.callbacks import tensorboard_writer
 from aevb.data import binarize_once
 from aevb.numerics import full_precision
 from aevb.rng import forked_streams
+from aevb.rundir import RunDir
 
 #: file name of the curve inside a run dir
-CURVE_FILE = "learning_curve.json"
 #: seed of the one-off binarization of the training subset (dynamic binarization only)
 TRAIN_EVAL_BINARIZATION_SEED = 20131221
 
@@ -163,7 +163,8 @@ class LearningCurve(L.Callback):
         return point
 
     def curve_path(self, trainer: L.Trainer) -> Path:
-        return Path(self.path) if self.path else Path(trainer.default_root_dir) / CURVE_FILE
+        run = RunDir(Path(trainer.default_root_dir))
+        return Path(self.path) if self.path else run.learning_curve
 
     def write(self, trainer: L.Trainer) -> None:
         meta = {

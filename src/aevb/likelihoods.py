@@ -2,7 +2,7 @@
 
 Every likelihood returns a distribution whose event shape is the image shape [C, H, W], so
 `log_prob(x)` is already summed over pixels (nats per datapoint). Adding one = one small class
-registered in LIKELIHOODS.
+registered in `aevb.registry.LIKELIHOODS`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from torch.distributions import Bernoulli as _Bernoulli
 from torch.distributions import ContinuousBernoulli as _ContinuousBernoulli
 from torch.distributions import Distribution, Independent, Normal
 from torch.distributions import Laplace as _Laplace
+
+from aevb.registry import LIKELIHOODS
 
 #: log-variance range of learned / predicted Gaussian scales: sigma in [e^-4.5, e^2] ~ [0.011, 7.4]
 LOGVAR_MIN, LOGVAR_MAX = -9.0, 4.0
@@ -224,20 +226,10 @@ class Laplace(_LocationScale):
         super().__init__(data_shape, scale=scale, scale_mode=scale_mode)
 
 
-LIKELIHOODS: dict[str, type[Likelihood]] = {
-    "bernoulli": Bernoulli,
-    "continuous_bernoulli": ContinuousBernoulli,
-    "gaussian": Gaussian,
-    "gaussian_learned": GaussianLearned,
-    "laplace": Laplace,
-}
-
-
 def build_likelihood(name: str, data_shape: tuple[int, ...], **kwargs: object) -> Likelihood:
     """The likelihood registered as `name`, constructed for images of `data_shape`."""
-    if name not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)}, got {name!r}")
+    cls = LIKELIHOODS[name]  # a ConfigError (ValueError) naming the registered ones
     try:
-        return LIKELIHOODS[name](data_shape=data_shape, **kwargs)
+        return cls(data_shape=data_shape, **kwargs)
     except TypeError as err:
         raise ValueError(f"likelihood={name}: {err}") from err

@@ -12,8 +12,8 @@ completed so far:
     plateau      f multiplied by `factor` once val/elbo has not improved for `patience`
                  validations (ReduceLROnPlateau, mode max; stepped after every validation)
 
-`LR_SCHEDULES` maps each name to its builder; the keyword arguments of a builder are the keys
-its `conf/lr_schedule/<name>.yaml` may hold (checked by `aevb.config.LRScheduleConfig`). The
+`aevb.registry.LR_SCHEDULES` maps each name to its builder below; a builder's keyword arguments
+are the keys its `conf/lr_schedule/<name>.yaml` may hold (checked by `aevb.config`). The
 schedulers' state dicts hold only numbers, lists and dicts (MultiStepLR's milestones: a
 collections.Counter), all of which `torch.load(..., weights_only=True)` reads; Lightning saves
 them in checkpoints and a resumed run continues the schedule exactly.
@@ -21,9 +21,8 @@ them in checkpoints and a resumed run continues the schedule exactly.
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import accumulate
 from typing import Any
 
@@ -38,10 +37,10 @@ from torch.optim.lr_scheduler import (
     ReduceLROnPlateau,
 )
 
+from aevb.registry import LR_SCHEDULES
+
 Scheduler = LRScheduler | ReduceLROnPlateau
 
-#: what the schedule's t counts: epochs, or optimiser steps
-INTERVALS = ("epoch", "step")
 
 #: the metric ReduceLROnPlateau follows (maximised)
 PLATEAU_MONITOR = "val/elbo"
@@ -114,26 +113,6 @@ def plateau(
         cooldown=cooldown,
         min_lr=min_lr,
     )
-
-
-#: lr_schedule.name -> builder(optimizer, **keys) -> scheduler (None: constant lr)
-LR_SCHEDULES: dict[str, Callable[..., Scheduler | None]] = {
-    "none": none,
-    "multistep": multistep,
-    "exponential": exponential,
-    "cosine": cosine,
-    "iwae": iwae,
-    "plateau": plateau,
-}
-
-#: schedules whose t can only count epochs (iwae's stages are epochs; val/elbo is per epoch)
-EPOCH_ONLY = frozenset({"iwae", "plateau"})
-
-
-def schedule_keys(name: str) -> dict[str, bool]:
-    """The keys `lr_schedule=<name>` takes, each mapped to whether it is required."""
-    params = list(inspect.signature(LR_SCHEDULES[name]).parameters.values())[1:]
-    return {p.name: p.default is inspect.Parameter.empty for p in params}
 
 
 def run_length(trainer: L.Trainer, interval: str) -> int:

@@ -31,9 +31,9 @@ from aevb.callbacks import tensorboard_writer
 from aevb.data import binarize_once
 from aevb.learning_curve import TRAIN_EVAL_BINARIZATION_SEED
 from aevb.metrics import AppendixD
+from aevb.rundir import RunDir
 
 #: file name of the curve inside a run dir
-CURVE_FILE = "marginal_curve.json"
 
 
 def marginal_log_likelihood(
@@ -154,7 +154,8 @@ class MarginalCurve(L.Callback):
         return point
 
     def curve_path(self, trainer: L.Trainer) -> Path:
-        return Path(self.path) if self.path else Path(trainer.default_root_dir) / CURVE_FILE
+        run = RunDir(Path(trainer.default_root_dir))
+        return Path(self.path) if self.path else run.marginal_curve
 
     def write(self, trainer: L.Trainer) -> None:
         est = self.estimator

@@ -48,7 +48,7 @@ from aevb import metrics
 from aevb.hmc import HMC
 from aevb.likelihoods import build_likelihood
 from aevb.networks import build_networks, init_normal_
-from aevb.vae import OPTIMIZERS
+from aevb.registry import OPTIMIZERS
 
 #: the metric MCEM's best checkpoint is chosen by (it has no val/elbo)
 MONITOR = "val/log_px_hmc"
@@ -140,6 +140,10 @@ class MonteCarloEM(L.LightningModule):
         """p(x|z): batch shape [N], event shape = image shape."""
         return self.likelihood(self.decoder(z))
 
+    def decode_mean(self, z: Tensor) -> Tensor:
+        """E[x|z] images for codes z [N, D] (moved to the model's device): Tensor[N, C, H, W]."""
+        return self.likelihood.mean(self.decoder(z.to(self.prior_loc.device)))
+
     @property
     def optimizer_steps_per_batch(self) -> int:
         """Optimiser steps (global_step) per minibatch: aevb-train scales max_steps by it."""
@@ -149,7 +153,7 @@ class MonteCarloEM(L.LightningModule):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """n images E[x|z] with z ~ p(z): Tensor[n, C, H, W]."""
         z = torch.randn(n, self.hparams.latent_dim, generator=generator)
-        return self.likelihood.mean(self.decoder(z.to(self.prior_loc.device)))
+        return self.decode_mean(z)
 
     def log_likelihood(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """log p(x) by the Appendix D estimator (paper settings): Tensor[B], nats."""
@@ -314,6 +318,4 @@ class MonteCarloEM(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         cfg = dict(self.hparams.optim or {"name": "adagrad", "lr": 0.01})
         name = cfg.pop("name")
-        if name not in OPTIMIZERS:
-            raise ValueError(f"optim.name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
         return OPTIMIZERS[name](self.parameters(), **cfg)

@@ -17,9 +17,8 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal, kl
 
 from aevb.hmc import appendix_d_log_likelihood
 from aevb.numerics import wide_dtype
+from aevb.registry import KL_ESTIMATORS
 from aevb.rng import KeyedNormal
-
-KL_ESTIMATORS = ("analytic", "mc")
 
 
 def diagonal_gaussian(mean: Tensor, logvar: Tensor) -> Independent:

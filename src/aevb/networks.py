@@ -8,16 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "softplus": nn.Softplus,
-    "leaky_relu": nn.LeakyReLU,
-}
-ARCHITECTURES = ("mlp", "conv")
+from aevb.registry import ACTIVATIONS, ARCHITECTURES
 
 
 def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -142,6 +133,35 @@ def conv_grid(h: int, w: int, layers: int) -> int:
     return (h // f) * (w // f)
 
 
+def mlp_networks(
+    data_shape: Sequence[int],
+    latent_dim: int,
+    hidden_dims: Sequence[int],
+    activation: str,
+    params_per_pixel: int,
+    channels: Sequence[int] = (),
+) -> tuple[nn.Module, nn.Module]:
+    """model.architecture=mlp: MLP encoder and decoder (`channels` unused)."""
+    encoder = MLPEncoder(data_shape, hidden_dims, latent_dim, activation)
+    widths = list(reversed(hidden_dims))
+    return encoder, MLPDecoder(latent_dim, widths, data_shape, params_per_pixel, activation)
+
+
+def conv_networks(
+    data_shape: Sequence[int],
+    latent_dim: int,
+    hidden_dims: Sequence[int],
+    activation: str,
+    params_per_pixel: int,
+    channels: Sequence[int] = (32, 64),
+) -> tuple[nn.Module, nn.Module]:
+    """model.architecture=conv: strided convolutions (`channels`), then the MLP layers."""
+    encoder = ConvEncoder(data_shape, channels, hidden_dims, latent_dim, activation)
+    widths, back = list(reversed(hidden_dims)), list(reversed(channels))
+    decoder = ConvDecoder(latent_dim, widths, back, data_shape, params_per_pixel, activation)
+    return encoder, decoder
+
+
 def build_networks(
     architecture: str,
     data_shape: Sequence[int],
@@ -151,19 +171,10 @@ def build_networks(
     params_per_pixel: int,
     channels: Sequence[int] = (32, 64),
 ) -> tuple[nn.Module, nn.Module]:
-    """The (encoder, decoder) pair for `architecture`; the decoder mirrors the encoder's widths."""
-    widths = list(reversed(hidden_dims))
-    if architecture == "mlp":
-        encoder = MLPEncoder(data_shape, hidden_dims, latent_dim, activation)
-        decoder = MLPDecoder(latent_dim, widths, data_shape, params_per_pixel, activation)
-        return encoder, decoder
-    if architecture == "conv":
-        encoder = ConvEncoder(data_shape, channels, hidden_dims, latent_dim, activation)
-        decoder = ConvDecoder(
-            latent_dim, widths, list(reversed(channels)), data_shape, params_per_pixel, activation
-        )
-        return encoder, decoder
-    raise ValueError(f"model.architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    """The (encoder, decoder) pair `aevb.registry.ARCHITECTURES[architecture]` builds; the
+    decoder mirrors the encoder's widths."""
+    build = ARCHITECTURES[architecture]
+    return build(data_shape, latent_dim, hidden_dims, activation, params_per_pixel, channels)
 
 
 @torch.no_grad()

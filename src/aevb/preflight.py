@@ -20,7 +20,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from aevb.config import ConfigError
+from aevb.errors import ConfigError, one_line
 
 #: Hydra flags that print something instead of running a job: nothing to check
 _INFO_FLAGS = ("help", "hydra_help", "info", "shell_completion", "experimental_rerun")
@@ -48,18 +48,18 @@ def check_command_line(
             try:
                 cfg = compose(config_name, job, return_hydra_config=True)
             except (HydraException, OmegaConfBaseException) as err:
-                return _one_line(err, job, config_name)
+                return _composition_error(err, job, config_name)
             try:  # the launcher's values, e.g. SLURM resources that follow trainer.devices
                 OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
             except OmegaConfBaseException as err:
-                return " ".join(str(err).splitlines()[0].split()).removeprefix(
+                return one_line(err, first_line=True).removeprefix(
                     "ConfigError raised while resolving interpolation: "
                 )
             if validate is not None and not args.multirun and not args.cfg:
                 try:
                     validate(cfg)
                 except OmegaConfBaseException as err:  # e.g. a resolver's error: its first line
-                    return " ".join(str(err).splitlines()[0].split())
+                    return one_line(err, first_line=True)
                 except (ConfigError, ValueError) as err:
                     return str(err)
     return None
@@ -86,7 +86,7 @@ def _jobs(overrides: list[str]) -> list[list[str]]:
     return jobs
 
 
-def _one_line(err: Exception, job: list[str], config_name: str) -> str:
+def _composition_error(err: Exception, job: list[str], config_name: str) -> str:
     """Hydra's multi-line composition errors, rewritten as one line naming key and choices."""
     if isinstance(err, MissingConfigException) and err.options:
         group = (err.missing_cfg_file or "").split("/")[0]
@@ -107,8 +107,7 @@ def _one_line(err: Exception, job: list[str], config_name: str) -> str:
             f"{key} is not a config key; {did_you_mean}"
             f"{parent or 'the config'} has: {', '.join(known)} (add a new key with +{key}=...)"
         )
-    text = " ".join(str(err).split())
-    return text if len(text) <= 300 else text[:297] + "..."
+    return one_line(err)
 
 
 def _keys_of(parent: str, job: list[str], config_name: str) -> list[str]:

@@ -1,4 +1,8 @@
-"""A run owns its directory: unique names, an exclusive lock, and refusals before Hydra writes.
+"""A run owns its directory: its layout (`RunDir`), unique names, an exclusive lock, and
+refusals before Hydra writes.
+
+- `RunDir` is the one place that names the files inside a run directory; aevb-train, aevb-eval,
+  aevb-figures, aevb-summarize, `load_run` and the callbacks ask it for paths.
 
 - Run and sweep dirs are named to the microsecond (conf/train.yaml), so two launches in the
   same second get two directories.
@@ -29,13 +33,15 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from aevb import checkpoints
+from aevb.errors import CheckpointError, ConfigError, RunDirError, one_line
 
 log = logging.getLogger("aevb.rundir")
 
@@ -47,12 +53,105 @@ _NOT_IDENTITY = ("resume", "ckpt_path")
 _HELD: dict[Path, int] = {}
 
 
-class RunDirError(RuntimeError):
-    """A run or sweep dir this launch may not use; str() is one line."""
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one aevb-train run directory (Hydra's output dir)::
+
+    .hydra/{config,hydra,overrides}.yaml   the resolved config, Hydra's own, the overrides
+    checkpoints/{best,last}.ckpt            best by the monitored metric; every epoch's end
+    metrics.json                            aevb-train's record (test metrics, status)
+    eval.json                               aevb-eval's record
+    learning_curve.json, marginal_curve.json  Fig. 2 / Fig. 3 curves (the callbacks)
+    figures/                                aevb-figures' default output for this dir
+    """
+
+    CONFIG: ClassVar[str] = ".hydra/config.yaml"
+    OVERRIDES: ClassVar[str] = ".hydra/overrides.yaml"  #: a sweep's job dirs all hold one
+    LEARNING_CURVE: ClassVar[str] = "learning_curve.json"
+    MARGINAL_CURVE: ClassVar[str] = "marginal_curve.json"
+
+    path: Path
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def hydra_config(self) -> Path:
+        return self.path / ".hydra" / "hydra.yaml"
+
+    @property
+    def overrides(self) -> Path:
+        return self.path / self.OVERRIDES
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best.ckpt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval.json"
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.path / self.LEARNING_CURVE
+
+    @property
+    def marginal_curve(self) -> Path:
+        return self.path / self.MARGINAL_CURVE
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    def is_run(self) -> bool:
+        """Whether aevb-train (Hydra) wrote this directory: it holds the resolved config."""
+        return self.config.is_file()
+
+    def has_checkpoint(self) -> bool:
+        return self.best_checkpoint.is_file() or self.last_checkpoint.is_file()
+
+    def checkpoint(self) -> Path:
+        """The best checkpoint of the run (falls back to last.ckpt), or FileNotFoundError."""
+        for path in (self.best_checkpoint, self.last_checkpoint):
+            if path.is_file():
+                return path
+        raise FileNotFoundError(f"no checkpoints/best.ckpt or checkpoints/last.ckpt in {self.path}")
+
+    def relative(self, path: str | Path) -> str:
+        """`path` relative to the run dir; absolute if it lies elsewhere (a copied run dir)."""
+        path = Path(path)
+        return str(path.relative_to(self.path)) if path.is_relative_to(self.path) else str(path)
+
+    @classmethod
+    def of_checkpoint(cls, ckpt: str | Path) -> RunDir | None:
+        """The run dir a checkpoint file sits in (in checkpoints/, or at its top), or None."""
+        ckpt = Path(ckpt).resolve()
+        for run in (cls(ckpt.parent.parent), cls(ckpt.parent)):
+            if run.is_run():
+                return run
+        return None
+
+    @classmethod
+    def below(cls, root: Path) -> list[RunDir]:
+        """Every run dir at or below `root`, sorted by path."""
+        return [cls(cfg.parent.parent) for cfg in sorted(root.glob(f"**/{cls.CONFIG}"))]
 
 
 def last_checkpoint(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.ckpt"
+    return RunDir(run_dir).last_checkpoint
 
 
 def resume_checkpoint(
@@ -64,7 +163,6 @@ def resume_checkpoint(
     timed out and requeued by submitit / `scontrol requeue`, same job dir); `auto`: whenever
     the file exists; `never`: start from scratch.
     """
-    from aevb.config import ConfigError  # late: config imports every module
 
     if resume not in RESUME:
         raise ConfigError("resume", f"one of {list(RESUME)}", resume)
@@ -111,6 +209,13 @@ def lock(directory: Path, what: str) -> None:
     _HELD[directory] = fd
 
 
+def run_config_of(ckpt: str | Path) -> Path | None:
+    """The `.hydra/config.yaml` of the run a checkpoint sits in (`checkpoints.check_identity`
+    compares with it when the checkpoint stores no identity), or None."""
+    run = RunDir.of_checkpoint(ckpt)
+    return run.config if run is not None else None
+
+
 def is_secondary_rank(env: Mapping[str, str] = os.environ) -> bool:
     """A DDP rank > 0, started by Lightning or SLURM into rank 0's run dir."""
     keys = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
@@ -122,15 +227,16 @@ def check_ckpt_path(cfg: DictConfig) -> None:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
         try:
-            checkpoints.check_identity(cfg, checkpoints.load(ckpt_path), ckpt_path)
-        except checkpoints.CheckpointError as err:
-            raise checkpoints.CheckpointError(f"ckpt_path: {err}") from err
+            ckpt = checkpoints.load(ckpt_path)
+            checkpoints.check_identity(cfg, ckpt, ckpt_path, run_config_of(ckpt_path))
+        except CheckpointError as err:
+            raise CheckpointError(f"ckpt_path: {err}") from err
 
 
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse to start in `run_dir` unless it is new or this launch resumes its run."""
     ckpt_path = cfg.get("ckpt_path")
-    old_config = run_dir / ".hydra" / "config.yaml"
+    old_config = RunDir(run_dir).config
     if not old_config.is_file():
         return
     resume = cfg.get("resume", "never")
@@ -162,7 +268,7 @@ def _job_key(overrides: Any) -> list[str]:
 def existing_jobs(sweep_dir: Path) -> dict[str, tuple[str, ...]]:
     """{job subdir name: its sorted identifying overrides} of the jobs already in a sweep dir."""
     jobs = {}
-    for marker in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+    for marker in sorted(sweep_dir.glob(f"*/{RunDir.OVERRIDES}")):
         try:
             jobs[marker.parent.parent.name] = tuple(_job_key(OmegaConf.load(marker)))
         except Exception:  # noqa: BLE001 -- an unreadable job is not a match
@@ -187,7 +293,7 @@ OmegaConf.register_new_resolver("aevb.job_dir", job_dir, replace=True)
 
 
 def _refuse(err: Exception) -> None:
-    print(f"aevb-train: error: {' '.join(str(err).split())}", file=sys.stderr)
+    print(f"aevb-train: error: {one_line(err, limit=None)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -203,7 +309,7 @@ class RunDirGuard(Callback):
             check_ckpt_path(config)  # before the lock creates the run dir
             lock(run_dir, "hydra.run.dir")
             check_run_dir(config, run_dir)
-        except (RunDirError, checkpoints.CheckpointError, ValueError) as err:
+        except (RunDirError, CheckpointError, ValueError) as err:
             _refuse(err)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -10,10 +10,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from aevb import checkpoints
+from aevb.config import Settings
 from aevb.data import ImageDataModule
 from aevb.mcem import MonteCarloEM
+from aevb.registry import ALGORITHMS
+from aevb.rundir import RunDir, run_config_of
 from aevb.vae import VAE
-from aevb.wake_sleep import WakeSleep
 
 
 @dataclass
@@ -29,11 +31,7 @@ class Run:
 
 def checkpoint_of(run_dir: Path) -> Path:
     """The best checkpoint of a run (falls back to last.ckpt)."""
-    for name in ("best.ckpt", "last.ckpt"):
-        path = run_dir / "checkpoints" / name
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"no checkpoints/best.ckpt or checkpoints/last.ckpt in {run_dir}")
+    return RunDir(run_dir).checkpoint()
 
 
 def load_run(
@@ -45,26 +43,24 @@ def load_run(
     checkpoint is loaded without running code and must match the run's data, model, objective
     and optimizer (`checkpoints.check_identity`); else a one-line `CheckpointError`.
     """
-    from aevb.config import Settings  # late: config imports every module
-
     run_dir = Path(run_dir).resolve()
-    cfg_path = run_dir / ".hydra" / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not an aevb run directory (no .hydra/config.yaml)")
-    cfg = OmegaConf.load(cfg_path)
+    run = RunDir(run_dir)
+    if not run.is_run():
+        raise FileNotFoundError(f"{run_dir} is not an aevb run directory (no {RunDir.CONFIG})")
+    cfg = OmegaConf.load(run.config)
     settings = Settings.from_cfg(cfg)
     data_kwargs = settings.datamodule_kwargs()
     root = Path(data_kwargs["root"]).expanduser()
     if not root.is_absolute():  # relative to where the run was launched
-        launch = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd
+        launch = OmegaConf.load(run.hydra_config).hydra.runtime.cwd
         root = Path(launch) / root
     data_kwargs.update(root=str(root), download=False)
-    ckpt = Path(checkpoint) if checkpoint is not None else checkpoint_of(run_dir)
-    model_cls = {"wake_sleep": WakeSleep, "mcem": MonteCarloEM}.get(settings.model.algorithm, VAE)
-    checkpoints.check_identity(cfg, checkpoints.load(ckpt), ckpt)
+    ckpt = Path(checkpoint) if checkpoint is not None else run.checkpoint()
+    model_cls = ALGORITHMS[settings.model.algorithm]
+    checkpoints.check_identity(cfg, checkpoints.load(ckpt), ckpt, run_config_of(ckpt))
     model = model_cls.load_from_checkpoint(ckpt, map_location=map_location, weights_only=True)
     model.eval()
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run.metrics
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     if not isinstance(metrics, dict):
         raise ValueError(

@@ -30,7 +30,8 @@ from datetime import date
 from pathlib import Path
 
 from aevb.atomic import write_bytes_atomic
-from aevb.learning_curve import CURVE_FILE
+from aevb.errors import StepSizeError
+from aevb.rundir import RunDir
 
 #: the paper's candidate Adagrad step sizes
 PAPER_STEP_SIZES = (0.01, 0.02, 0.1)
@@ -47,10 +48,6 @@ PROBE_OVERRIDES = (
     "trainer.enable_progress_bar=false",
     "resume=auto",
 )
-
-
-class StepSizeError(RuntimeError):
-    """A bad argument or an unusable probe; str() is one line."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +94,7 @@ def recipe_grid(recipe: str) -> tuple[str, list[int], list[str]]:
 
 def score(run_dir: Path, probe: Probe, samples: int) -> Score | None:
     """The probe's training bound at `samples`, or None if it has not finished."""
-    metrics_file = run_dir / "metrics.json"
+    metrics_file = RunDir(run_dir).metrics
     if not metrics_file.is_file():
         return None
     metrics = json.loads(metrics_file.read_text())
@@ -108,7 +105,7 @@ def score(run_dir: Path, probe: Probe, samples: int) -> Score | None:
         return Score(probe, -math.inf, f"diverged at step {step} ({metrics.get('diverged_term')})")
     if metrics.get("status") != "completed" or int(metrics.get("samples_seen", 0)) < samples:
         return None
-    points = json.loads((run_dir / CURVE_FILE).read_text())["points"]
+    points = json.loads(RunDir(run_dir).learning_curve.read_text())["points"]
     last = max(points, key=lambda p: p["samples"])
     value = float(last["train_elbo"])
     if not math.isfinite(value):

@@ -38,6 +38,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from aevb.atomic import write_bytes_atomic
+from aevb.errors import SummaryError, one_line
+from aevb.rundir import RunDir
 
 log = logging.getLogger("aevb.summarize")
 
@@ -60,26 +62,17 @@ _JOB_FAILED = "job failed: "
 _NO_RESULT = "no metrics.json: the job crashed, was killed, or is still running"
 
 
-class SummaryError(RuntimeError):
-    """The directory is not a sweep dir; str() is one line."""
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def find_jobs(sweep_dir: Path) -> list[Path]:
     """Job directories below `sweep_dir` in job order (hydra.job.num, then path)."""
     jobs = [
         marker.parent.parent
-        for marker in sweep_dir.rglob(".hydra/overrides.yaml")
+        for marker in sweep_dir.rglob(RunDir.OVERRIDES)
         if marker.parent.parent != sweep_dir
     ]
 
     def order(job: Path) -> tuple[int, list[Any]]:
         num = -1
-        hydra_yaml = job / ".hydra" / "hydra.yaml"
+        hydra_yaml = RunDir(job).hydra_config
         if hydra_yaml.is_file():
             try:
                 value = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num")
@@ -94,7 +87,7 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
 
 
 def _override_pairs(job: Path) -> list[tuple[str, str]]:
-    overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
+    overrides = OmegaConf.load(RunDir(job).overrides)
     pairs = []
     for item in overrides:
         key, sep, value = str(item).partition("=")
@@ -105,7 +98,7 @@ def _override_pairs(job: Path) -> list[tuple[str, str]]:
 def error_line(job: Path, metrics: dict[str, Any] | None = None) -> str:
     """Why a job failed, in one line: metrics.json's error, else its log files, else a guess."""
     if metrics and metrics.get("error"):
-        return _one_line(f"{metrics.get('status', 'failed')}: {metrics['error']}")
+        return one_line(f"{metrics.get('status', 'failed')}: {metrics['error']}")
     found: str | None = None
     for log_file in sorted(job.glob("*.log")):
         try:
@@ -118,7 +111,7 @@ def error_line(job: Path, metrics: dict[str, Any] | None = None) -> str:
         if found is None:
             found = next((ln for ln in reversed(lines) if _EXCEPTION_LINE.match(ln)), None)
     if found:
-        return _one_line(found.removeprefix(_JOB_FAILED))
+        return one_line(found.removeprefix(_JOB_FAILED))
     if metrics is not None:
         return f"status {metrics.get('status')!r} in metrics.json"
     return _NO_RESULT
@@ -127,7 +120,7 @@ def error_line(job: Path, metrics: dict[str, Any] | None = None) -> str:
 def read_job(job: Path) -> dict[str, Any]:
     """One summary row: overrides, metrics, status and (for failed jobs) the error line."""
     metrics: dict[str, Any] | None = None
-    path = job / "metrics.json"
+    path = RunDir(job).metrics
     if path.is_file():
         try:
             metrics = json.loads(path.read_text())
@@ -142,7 +135,7 @@ def read_job(job: Path) -> dict[str, Any]:
     if metrics is not None and metrics.get("status") == "completed":
         row["status"], row["error"] = "completed", ""
     elif metrics is not None and metrics.get("status") == "interrupted":
-        row["status"], row["error"] = "interrupted", _one_line(metrics.get("error", ""))
+        row["status"], row["error"] = "interrupted", one_line(metrics.get("error", ""))
     else:
         row["status"], row["error"] = "failed", error_line(job, metrics)
     return row
@@ -339,7 +332,7 @@ class SweepSummary(Callback):
             try:
                 job_return.return_value  # noqa: B018 -- re-raises the job's exception
             except Exception as err:  # noqa: BLE001 -- any failure is reported
-                log.error("%s%s: %s", _JOB_FAILED, type(err).__name__, _one_line(str(err)))
+                log.error("%s%s: %s", _JOB_FAILED, type(err).__name__, one_line(str(err)))
 
     def _write(self) -> None:
         sweep_dir, self._sweep_dir = self._sweep_dir, None  # once per multirun

@@ -25,19 +25,25 @@ from omegaconf.errors import OmegaConfBaseException
 from aevb import checkpoints, signals
 from aevb.atomic import describe_os_error, write_json_atomic
 from aevb.callbacks import log_hparams
-from aevb.config import ConfigError, Settings, budget_steps
-from aevb.data import DataError, ImageDataModule
+from aevb.config import Settings, budget_steps
+from aevb.data import ImageDataModule
 from aevb.devices import check_accelerator, check_trainer, runtime_record
-from aevb.divergence import Diverged
+from aevb.errors import CheckpointError, ConfigError, DataError, Diverged
 from aevb.hparams import override_values
 from aevb.mcem import MONITOR as MCEM_MONITOR
 from aevb.mcem import MonteCarloEM
 from aevb.numerics import configure_numerics
 from aevb.preflight import check_command_line
-from aevb.rundir import RESUME, is_secondary_rank, resume_checkpoint  # noqa: F401
+from aevb.registry import ALGORITHMS
+from aevb.rundir import (  # noqa: F401 -- RESUME: the `resume` values
+    RESUME,
+    RunDir,
+    is_secondary_rank,
+    resume_checkpoint,
+    run_config_of,
+)
 from aevb.threads import apply_thread_share
-from aevb.vae import VAE
-from aevb.wake_sleep import WakeSleep
+from aevb.vae import EvaluationSettings
 
 log = logging.getLogger("aevb.train")
 
@@ -104,7 +110,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         n_train, world = len(datamodule.train_images), trainer.world_size
         steps = budget_steps(cfg.budget_samples, settings.data.batch_size, n_train, world)
         trainer.fit_loop.epoch_loop.max_steps = steps  # what Trainer(max_steps=...) sets
-    model_cls = {"wake_sleep": WakeSleep, "mcem": MonteCarloEM}.get(settings.model.algorithm, VAE)
+    model_cls = ALGORITHMS[settings.model.algorithm]
     model = model_cls(**settings.model_kwargs(datamodule.data_shape, len(datamodule.train_images)))
     if isinstance(model, MonteCarloEM):  # no bound: best.ckpt by the Appendix D estimate
         if cfg.get("budget_samples") is not None:  # max_steps counts optimiser steps
@@ -112,7 +118,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.checkpoint_callback is not None:
             trainer.checkpoint_callback.monitor = MCEM_MONITOR
     monitor = trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else "val/elbo"
-    model.evaluation = settings.eval.test_evaluation()  # test/nll, test/iwae_k*, active units
+    model.evaluation = EvaluationSettings(**settings.eval.test_evaluation())  # test/nll, ...
 
     ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(cfg.get("resume", "never"), run_dir)
     if ckpt_path is not None:
@@ -147,7 +153,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     metrics.update(
         {
-            "best_checkpoint": _in_run_dir(best_path, run_dir) if best_path else None,
+            "best_checkpoint": RunDir(run_dir).relative(best_path) if best_path else None,
             f"best_{monitor}": float(ckpt.best_model_score) if best_path else None,
             "final_is_best": final_is_best,
             "epochs": trainer.current_epoch,
@@ -169,14 +175,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN  # the sweep declares the columns (SweepHParams)
     log_hparams(loggers, params, final, step=trainer.global_step, declare=not multirun)
     if trainer.is_global_zero:
-        write_json_atomic(run_dir / "metrics.json", metrics)
+        write_json_atomic(RunDir(run_dir).metrics, metrics)
         print(_summary(metrics, run_dir))
     return metrics
-
-
-def _in_run_dir(path: str, run_dir: Path) -> str:
-    """`path` relative to the run dir; absolute if it lies elsewhere (a copied run dir)."""
-    return str(Path(path).relative_to(run_dir)) if Path(path).is_relative_to(run_dir) else path
 
 
 def check_ddp_launch(trainer: L.Trainer) -> None:
@@ -209,8 +210,8 @@ def check_checkpoint(path: str, model: L.LightningModule, cfg: DictConfig | None
     try:
         ckpt = checkpoints.load(file)
         if cfg is not None:
-            checkpoints.check_identity(cfg, ckpt, path)
-    except checkpoints.CheckpointError as err:
+            checkpoints.check_identity(cfg, ckpt, path, run_config_of(path))
+    except CheckpointError as err:
         raise ConfigError("ckpt_path", f"a usable checkpoint ({err})", path) from err
     if "loops" not in ckpt:
         raise ConfigError(
@@ -236,16 +237,17 @@ def _record_divergence(
     """metrics.json with status `diverged`: where, which term, and the last good checkpoints."""
     if not trainer.is_global_zero:
         return
-    ckpts = run_dir / "checkpoints"
+    run = RunDir(run_dir)
+    last = run.last_checkpoint
     write_json_atomic(
-        run_dir / "metrics.json",
+        run.metrics,
         {
             "status": "diverged",
             "error": str(err),
             "diverged_step": err.step,
             "diverged_epoch": err.epoch,
             "diverged_term": err.term,
-            "last_checkpoint": "checkpoints/last.ckpt" if (ckpts / "last.ckpt").is_file() else None,
+            "last_checkpoint": run.relative(last) if last.is_file() else None,
             "samples_seen": int(model.samples_seen),
             "wall_time_s": round(seconds, 3),
             "hparams": settings.hparams(),
@@ -257,13 +259,14 @@ def _record_interrupted(err: signals.Interrupted, run_dir: Path) -> None:
     """metrics.json with status `interrupted`: the signal and the checkpoint to resume from."""
     if is_secondary_rank():
         return
-    last = run_dir / "checkpoints" / "last.ckpt"
+    run = RunDir(run_dir)
+    last = run.last_checkpoint
     record = {"status": "interrupted", "error": str(err), "signal": err.name}
     try:  # best effort: the exit status says interrupted anyway
         step = int(checkpoints.load(last).get("global_step", -1)) if last.is_file() else None
-        record.update(last_checkpoint="checkpoints/last.ckpt" if step is not None else None)
-        write_json_atomic(run_dir / "metrics.json", {**record, "last_checkpoint_step": step})
-    except (OSError, checkpoints.CheckpointError) as problem:
+        record.update(last_checkpoint=run.relative(last) if step is not None else None)
+        write_json_atomic(run.metrics, {**record, "last_checkpoint_step": step})
+    except (OSError, CheckpointError) as problem:
         log.warning("metrics.json not written: %s", problem)
 
 

@@ -21,6 +21,7 @@ from aevb.distributed import gather_rng_states, seed_rank_streams
 from aevb.likelihoods import build_likelihood
 from aevb.networks import build_networks, init_normal_
 from aevb.numerics import full_precision, wide_dtype
+from aevb.registry import OPTIMIZERS
 from aevb.rng import KeyedNormal, forked_streams, mix_seed
 
 #: per-datapoint quantities logged as `{train,val,test}/<name>` (epoch means, nats)
@@ -31,12 +32,6 @@ LOGGED_TERMS = ("elbo", "recon", "kl", "loss")
 #: run stopped before an epoch's validation resumes to the same weights) and every epoch's
 #: val/elbo uses the same noise (common random numbers across epochs)
 VAL_SEED = 0x5EED_0A1
-
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adagrad": torch.optim.Adagrad,
-    "sgd": torch.optim.SGD,
-}
 
 
 @dataclass(frozen=True)
@@ -55,6 +50,21 @@ class EvaluationSettings:
     active_threshold: float = 0.01
 
 
+def prior_quantiles(steps: int) -> Tensor:
+    """`steps` values of z ~ N(0, 1) at the evenly spaced quantiles (i + 0.5) / steps."""
+    u = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+    return Normal(0.0, 1.0).icdf(u)
+
+
+def manifold_grid(steps: int) -> Tensor:
+    """The [steps * steps, 2] codes of the learned-manifold image (the paper's Fig. 4),
+    z = Phi^-1(u) on a regular grid of the unit square, row by row: columns z_1 increasing,
+    rows z_2 decreasing (so z_2 points up, as on a plot)."""
+    values = prior_quantiles(steps)
+    z2, z1 = torch.meshgrid(values.flip(0), values, indexing="ij")
+    return torch.stack([z1, z2], dim=-1).reshape(-1, 2)
+
+
 class VAE(L.LightningModule):
     """Variational autoencoder trained by maximising the SGVB estimate of the ELBO.
 
@@ -62,8 +72,8 @@ class VAE(L.LightningModule):
         data_shape: image shape [C, H, W].
         latent_dim: dimensionality D of z.
         hidden_dims: encoder hidden widths; the decoder mirrors them.
-        activation: hidden nonlinearity (see `aevb.networks.ACTIVATIONS`).
-        architecture: network family (see `aevb.networks.build_networks`).
+        activation: hidden nonlinearity (see `aevb.registry.ACTIVATIONS`).
+        architecture: network family (see `aevb.registry.ARCHITECTURES`).
         likelihood: `{"name": ..., **kwargs}` for `aevb.likelihoods.build_likelihood`.
         beta: weight of the KL term in the training loss (1 = the ELBO).
         samples: L, Monte Carlo samples of z per datapoint.
@@ -140,6 +150,10 @@ class VAE(L.LightningModule):
         """p(x|z): batch shape [N], event shape = image shape, so log_prob(x) is [N]."""
         return self.likelihood(self.decoder(z))
 
+    def decode_mean(self, z: Tensor) -> Tensor:
+        """E[x|z] images for codes z [N, D] (moved to the model's device): Tensor[N, C, H, W]."""
+        return self.likelihood.mean(self.decoder(z.to(self.prior_loc.device)))
+
     def elbo_terms(self, x: Tensor, samples: int | None = None) -> metrics.ELBOTerms:
         """recon, KL and per-dimension KL of the bound for a batch (nats per datapoint)."""
         return metrics.elbo(
@@ -161,12 +175,12 @@ class VAE(L.LightningModule):
         e.g. a CPU generator for the same images on any device)."""
         where = generator.device if generator is not None else self.prior_loc.device
         z = torch.randn(n, self.hparams.latent_dim, generator=generator, device=where)
-        return self.likelihood.mean(self.decoder(z.to(self.prior_loc.device)))
+        return self.decode_mean(z)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x|z] at the posterior mean z = E_q[z|x]: Tensor[B, C, H, W]."""
-        return self.likelihood.mean(self.decoder(self.encode(x).mean))
+        return self.decode_mean(self.encode(x).mean)
 
     @torch.inference_mode()
     def log_likelihood(
@@ -281,7 +295,6 @@ class VAE(L.LightningModule):
                 writer = getattr(logger, "experiment", None)
                 if hasattr(writer, "add_histogram"):
                     writer.add_histogram("val/kl_per_dim", kl_dims.cpu(), self.global_step)
-        self.val_kl_per_dim = kl_dims.cpu()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -400,8 +413,6 @@ class VAE(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         cfg = dict(self.hparams.optim or {"name": "adam", "lr": 1e-3})
         name = cfg.pop("name")
-        if name not in OPTIMIZERS:
-            raise ValueError(f"optim.name must be one of {sorted(OPTIMIZERS)}, got {name!r}")
         optimizer = OPTIMIZERS[name](self.parameters(), **cfg)
         spec = self.hparams.get("lr_schedule")  # absent from checkpoints older than schedules
         if not spec or spec["name"] == "none":
