@@ -43,5 +43,7 @@ def test_finite_steps_pass_and_bad_settings_are_refused() -> None:
     for _ in range(3):
         _step(guard, trainer, -1.0, 1.0)
     guard.check(trainer)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="check_every_n_steps must be >= 1, got 0"):
+    with pytest.raises(
+        ValueError, match="check_every_n_steps must be >= 1 or null \\(auto\\), got 0"
+    ):
         DivergenceGuard(check_every_n_steps=0)
