@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -59,17 +61,33 @@ class NoImprovement(L.Callback):
 class SignalAt(L.Callback):
     """Send this process `signum` at training step `at_step` (as `kill` from outside would).
     `launcher_from_job=N`: instead, sweep job N alone sends it to the process that launched it
-    (a joblib sweep's launcher, as one `kill <pid>` would)."""
+    (a joblib sweep's launcher, as one `kill <pid>` would), once `wait_for_jobs` jobs (itself
+    included) have reached `at_step` (each leaves a `reached.<job>` file in the sweep dir)."""
 
     def __init__(
-        self, at_step: int, signum: int = signal.SIGTERM, launcher_from_job: int | None = None
+        self,
+        at_step: int,
+        signum: int = signal.SIGTERM,
+        launcher_from_job: int | None = None,
+        wait_for_jobs: int = 1,
     ) -> None:
         self.at_step, self.signum, self.from_job = at_step, signum, launcher_from_job
+        self.wait_for_jobs = wait_for_jobs
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step != self.at_step:
             return
         if self.from_job is None:
             os.kill(os.getpid(), self.signum)
-        elif HydraConfig.get().job.num == self.from_job:
-            os.kill(os.getppid(), self.signum)
+            return
+        hydra = HydraConfig.get()
+        sweep = Path(hydra.sweep.dir)
+        (sweep / f"reached.{hydra.job.num}").touch()
+        if hydra.job.num != self.from_job:
+            return
+        deadline = time.monotonic() + 300
+        while len(list(sweep.glob("reached.*"))) < self.wait_for_jobs:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {self.wait_for_jobs} jobs reached {self.at_step}")
+            time.sleep(0.05)
+        os.kill(os.getppid(), self.signum)

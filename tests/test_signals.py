@@ -134,7 +134,8 @@ def test_a_joblib_sweep_stopped_by_sigterm_stops_every_job_resumably(data_root, 
         ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *fast(data_root)]
         + ["trainer.max_epochs=50", "model.latent_dim=2,3,4"]
         + ["+callbacks.fault._target_=tests.faults.SignalAt", "+callbacks.fault.at_step=15"]
-        + ["+callbacks.fault.launcher_from_job=0", f"hydra.sweep.dir={sweep}"],
+        + ["+callbacks.fault.launcher_from_job=0", "+callbacks.fault.wait_for_jobs=2"]
+        + [f"hydra.sweep.dir={sweep}"],
         tmp_path,
         env={"PYTHONPATH": str(REPO)},
     )
@@ -145,6 +146,39 @@ def test_a_joblib_sweep_stopped_by_sigterm_stops_every_job_resumably(data_root, 
     started = [r for r in records.values() if r["last_checkpoint_step"] is not None]
     assert len(started) == 2 and all(r["last_checkpoint_step"] >= 15 for r in started)
     assert "3 interrupted (INTERRUPTED sweep)" in (sweep / "summary.md").read_text()
+
+
+def _pool_worker(ready_first: bool, go, result) -> None:
+    """A process-pool worker: ready (handles signals) at once, or only after `go` is set."""
+    if ready_first:
+        signals.worker_stopped()
+        result.put("ready")
+    go.wait(60)
+    result.put(signals.worker_stopped())
+
+
+@pytest.mark.parametrize("ready_first", [True, False], ids=["running", "starting_up"])
+def test_a_sweep_stop_reaches_workers_running_or_still_starting(ready_first) -> None:
+    """The launcher signals a worker only once it handles signals (the default action would
+    kill it and the pool would abort every job); one still starting up sees the stop when it
+    reaches its job. Either way the worker survives and knows the signal."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter, as loky starts workers
+    go, result = ctx.Event(), ctx.Queue()
+    with signals.stopping_sweep() as stop:
+        worker = ctx.Process(target=_pool_worker, args=(ready_first, go, result))
+        worker.start()
+        if ready_first:
+            assert result.get(timeout=60) == "ready"
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher's handler runs here
+        time.sleep(0.5)
+        go.set()
+        got = result.get(timeout=60)
+        worker.join(60)
+    assert stop.signum == signal.SIGTERM and stop.exit_code == 143
+    assert got == signal.SIGTERM and worker.exitcode == 0
+    assert signals.STOP_DIR_ENV not in os.environ and not stop.stop_dir.exists()
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,10 @@
   running job stops as above and is recorded `interrupted`; jobs not yet started are recorded
   `interrupted` without training (`worker_stopped`), the summary is written and the launcher
   exits 130/143. Without workers (or on a second signal) it raises `Interrupted` at once.
+  A worker still starting up has the default action (it would die, and the pool would abort
+  every job), so the launcher signals only workers that said they handle signals (a `ready.PID`
+  file in a private directory named by `$AEVB_SWEEP_STOP_DIR`); it first writes `stop.SIGNUM`
+  there, which a worker reads before each job, so none is missed.
 
 Exit status 130 (SIGINT) / 143 (SIGTERM), as a shell reports a process killed by that signal.
 """
@@ -21,15 +25,20 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import lightning as L
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: environment variable naming the launcher's stop directory (workers inherit it)
+STOP_DIR_ENV = "AEVB_SWEEP_STOP_DIR"
 
 
 class Interrupted(BaseException):  # noqa: N818 -- a state, like KeyboardInterrupt
@@ -81,32 +90,43 @@ def _remember(signum: int, frame: FrameType | None) -> None:
 def worker_stopped(signum: int | None = None) -> int | None:
     """In a worker: remember `signum` (a job it ran was interrupted), keep remembering signals
     that arrive between jobs (the default action would kill the worker, and the launcher would
-    then abort every other job), and return the signal received so far, or None."""
+    then abort every other job), tell the launcher this worker now handles signals, and return
+    the signal received so far, or the one the sweep was stopped by, or None."""
     global _worker_signal
     if signum is not None:
         _worker_signal = signum
     for s in SIGNALS:
         signal.signal(s, _remember)
+    stop_dir = os.environ.get(STOP_DIR_ENV)
+    if stop_dir:  # ready first, then look for a stop: the launcher writes in the other order
+        with contextlib.suppress(OSError):
+            (Path(stop_dir) / f"ready.{os.getpid()}").touch()
+        stops = sorted(Path(stop_dir).glob("stop.*"))
+        if _worker_signal is None and stops:
+            _worker_signal = int(stops[0].suffix[1:])
     return _worker_signal
 
 
 class SweepStop:
     """The signal `stopping_sweep` forwarded to the workers (None: none); `exit_code` 128 + it."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop_dir: Path) -> None:
         self.signum: int | None = None
+        self.stop_dir = stop_dir
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         workers = multiprocessing.active_children()
         if self.signum is not None or not workers:
             raise Interrupted(signum)
         self.signum = signum
-        for worker in workers:
+        (self.stop_dir / f"stop.{signum}").touch()  # before listing the ready workers
+        ready = [w for w in workers if (self.stop_dir / f"ready.{w.pid}").exists()]
+        for worker in ready:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signum)
         print(
             f"aevb-train: {signal.Signals(signum).name} received: stopping the sweep's "
-            f"{len(workers)} running jobs after their batch (send it again to stop at once)",
+            f"{len(ready)} running jobs after their batch (send it again to stop at once)",
             file=sys.stderr,
             flush=True,
         )
@@ -123,8 +143,10 @@ class SweepStop:
 def stopping_sweep() -> Iterator[SweepStop]:
     """`raising()`, except that a first signal while process-pool workers run the sweep's jobs
     is forwarded to them (see the module docstring); check `.signum` after the block."""
-    stop = SweepStop()
+    stop = SweepStop(Path(tempfile.mkdtemp(prefix="aevb-sweep-")))
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    previous_dir = os.environ.get(STOP_DIR_ENV)
+    os.environ[STOP_DIR_ENV] = str(stop.stop_dir)  # before any worker starts: they inherit it
     for s in SIGNALS:
         signal.signal(s, stop._handle)
     try:
@@ -132,6 +154,11 @@ def stopping_sweep() -> Iterator[SweepStop]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if previous_dir is None:
+            os.environ.pop(STOP_DIR_ENV, None)
+        else:
+            os.environ[STOP_DIR_ENV] = previous_dir
+        shutil.rmtree(stop.stop_dir, ignore_errors=True)
 
 
 class StopOnSignal(L.Callback):
