@@ -9,11 +9,20 @@
 # script skips completed runs (in OUT or already copied to docs/reproduction/runs) and resumes
 # interrupted ones from their last.ckpt (resume=auto), so the reproduction can be done piecemeal,
 # across sessions.
+# A session may end on a machine whose outputs/ the next session does not get (a new checkout):
+# `--park` stores each unfinished run's resume state (last.ckpt, best.ckpt, learning curve,
+# config; about 6 MB per Frey run) under docs/reproduction/parked/ to be committed, and a launch
+# restores parked runs missing from OUT before resuming them. TensorBoard event files are not
+# parked: a restored run's TensorBoard curves start where it was restored.
 #   scripts/reproduce_paper.sh [DATA_ROOT] [BUDGET] [OUT] [JOBS]
 #   scripts/reproduce_paper.sh --sync [OUT]     copies + figures of the runs so far (partial too)
+#   scripts/reproduce_paper.sh --park [OUT]     --sync, then park the unfinished runs
 set -euo pipefail
-sync_only=false
-if [ "${1:-}" = "--sync" ]; then sync_only=true; shift; out=${1:-outputs/reproduction}; fi
+sync_only=false park=false
+if [ "${1:-}" = "--sync" ] || [ "${1:-}" = "--park" ]; then
+    sync_only=true; [ "$1" = "--park" ] && park=true; shift; out=${1:-outputs/reproduction}
+fi
+parked=docs/reproduction/parked
 root=${1:-../shared/data}
 budget=${2:-100000000}
 out=${out:-${3:-outputs/reproduction}}
@@ -33,9 +42,37 @@ sync() {
     done
     aevb-figures "$out" docs/reproduction/runs --out docs/figures
 }
-if $sync_only; then sync; exit 0; fi
+park() {
+    # The resume state of every run without a completed metrics.json; a completed run's parked
+    # state is dropped (its curve and metrics are in docs/reproduction/runs).
+    for run in "$out"/*/; do
+        name=$(basename "$run")
+        [ -f "$run/checkpoints/last.ckpt" ] || continue
+        if grep -q '"status": "completed"' "$run/metrics.json" 2>/dev/null; then
+            rm -rf "${parked:?}/$name"; continue
+        fi
+        rm -rf "${parked:?}/$name"; mkdir -p "$parked/$name/checkpoints" "$parked/$name/.hydra"
+        cp "$run"/checkpoints/{last,best}.ckpt "$parked/$name/checkpoints/" 2>/dev/null || true
+        cp "$run"/.hydra/*.yaml "$parked/$name/.hydra/"
+        for f in learning_curve.json metrics.json; do
+            if [ -f "$run/$f" ]; then cp "$run/$f" "$parked/$name/"; fi
+        done
+        echo "parked $name ($(du -sh "$parked/$name" | cut -f1))"
+    done
+}
+restore() {
+    for state in "$parked"/*/; do
+        [ -d "$state" ] || continue
+        name=$(basename "$state")
+        if [ -e "$out/$name" ]; then continue; fi
+        mkdir -p "$out/$name"; cp -r "$state". "$out/$name/"
+        echo "restored $name from $parked"
+    done
+}
+if $sync_only; then sync; if $park; then park; fi; exit 0; fi
 
 mkdir -p "$out/logs"
+restore
 {
     # Frey Face first (about 2 h per run on one core, so a 3-hour session banks finished runs),
     # then MNIST longest first (3-4 h per run).
