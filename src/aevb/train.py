@@ -90,7 +90,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
     stop = signals.StopOnSignal()  # SIGINT/SIGTERM: finish the batch, write last.ckpt, stop
-    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
+    # null means Lightning's default, except for check_val_every_n_epoch: null there means
+    # validation every val_check_interval batches across epoch ends (Fig. 3's 10^4-step grid)
+    trainer_kwargs = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.trainer).items()
+        if v is not None or k == "check_val_every_n_epoch"
+    }
     if cfg.get("budget_samples") is not None:  # the paper's x-axis: training samples evaluated
         steps = budget_steps(cfg.budget_samples, settings.data.batch_size)
         trainer_kwargs.update(max_steps=steps, max_epochs=-1)
