@@ -35,6 +35,11 @@ sync() {
     for run in "$out"/*/; do
         [ -f "$run/learning_curve.json" ] || continue
         dest=docs/reproduction/runs/$(basename "$run")
+        # a restarted run keeps the longer committed curve until it passes it
+        if [ -f "$dest/learning_curve.json" ] && python3 -c "import json, sys
+last = lambda f: max((p['samples'] for p in json.load(open(f))['points']), default=0)
+sys.exit(last(sys.argv[1]) <= last(sys.argv[2]))" "$dest/learning_curve.json" "$run/learning_curve.json"
+        then echo "kept the longer committed curve of $(basename "$run")"; continue; fi
         mkdir -p "$dest/.hydra"
         cp "$run/.hydra/config.yaml" "$dest/.hydra/"
         cp "$run/learning_curve.json" "$dest/"
