@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from aevb import metrics
+from aevb.epoch_metrics import TestPrefix
 from aevb.hmc import HMC
 from aevb.likelihoods import build_likelihood
 from aevb.networks import build_networks, init_normal_
@@ -56,7 +57,7 @@ MONITOR = "val/log_px_hmc"
 EVAL_SEED = 0
 
 
-class MonteCarloEM(L.LightningModule):
+class MonteCarloEM(TestPrefix, L.LightningModule):
     """Decoder p_theta(x|z) and N(0, I) prior fitted by Monte Carlo EM with persistent HMC chains.
 
     Args (network ones as `aevb.vae.VAE`):
@@ -125,7 +126,6 @@ class MonteCarloEM(L.LightningModule):
         #: noise of the chains (CPU, so a seed gives the same chains on every device; saved in
         #: checkpoints), seeded from the global RNG that aevb-train seeds before building
         self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-        self.test_prefix = "test"
         self._sums: dict[str, Tensor] = {}
         self._epoch_rows: tuple[int, Tensor] | None = None
         self._epoch_position = 0
