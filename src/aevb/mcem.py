@@ -48,7 +48,7 @@ from aevb import metrics
 from aevb.epoch_metrics import TestPrefix
 from aevb.hmc import HMC
 from aevb.likelihoods import build_likelihood
-from aevb.networks import build_networks, init_normal_
+from aevb.networks import NetworkSpec, build_networks, init_normal_
 from aevb.registry import OPTIMIZERS
 
 #: the metric MCEM's best checkpoint is chosen by (it has no val/elbo)
@@ -105,15 +105,9 @@ class MonteCarloEM(TestPrefix, L.LightningModule):
         self.data_shape = tuple(data_shape)
         lik = dict(likelihood or {"name": "bernoulli"})
         self.likelihood = build_likelihood(lik.pop("name"), self.data_shape, **lik)
-        _, self.decoder = build_networks(
-            architecture,
-            self.data_shape,
-            latent_dim,
-            list(hidden_dims),
-            activation,
-            self.likelihood.params_per_pixel,
-            list(channels),
-        )
+        out = self.likelihood.params_per_pixel
+        spec = NetworkSpec(self.data_shape, latent_dim, hidden_dims, activation, out, channels)
+        _, self.decoder = build_networks(architecture, spec)  # (builds the encoder too: same init)
         if init_std is not None:
             init_normal_(self, init_std)
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)

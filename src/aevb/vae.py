@@ -19,7 +19,7 @@ from aevb import lr_schedules, metrics
 from aevb.distributed import gather_rng_states, seed_rank_streams
 from aevb.epoch_metrics import ELBOSums, EvaluationSettings, TestPrefix, TestSums
 from aevb.likelihoods import build_likelihood
-from aevb.networks import build_networks, init_normal_
+from aevb.networks import NetworkSpec, build_networks, init_normal_
 from aevb.numerics import full_precision
 from aevb.registry import OPTIMIZERS
 from aevb.rng import KeyedNormal, forked_streams, mix_seed
@@ -100,10 +100,9 @@ class VAE(TestPrefix, L.LightningModule):
         self.data_shape = tuple(data_shape)
         lik = dict(likelihood or {"name": "bernoulli"})
         self.likelihood = build_likelihood(lik.pop("name"), self.data_shape, **lik)
-        widths, out = list(hidden_dims), self.likelihood.params_per_pixel
-        self.encoder, self.decoder = build_networks(
-            architecture, self.data_shape, latent_dim, widths, activation, out, list(channels)
-        )
+        out = self.likelihood.params_per_pixel
+        spec = NetworkSpec(self.data_shape, latent_dim, hidden_dims, activation, out, channels)
+        self.encoder, self.decoder = build_networks(architecture, spec)
         if init_std is not None:
             init_normal_(self, init_std)
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
