@@ -71,13 +71,8 @@ def test_test_epochs_compute_the_evaluation_argument_under_the_test_prefix(data_
     spec = EvaluationSettings(iw_samples=4, iwae_ks=(2,))
     model = VAE(data_shape=(1, 28, 28), latent_dim=2, hidden_dims=[8], evaluation=spec)
     dm = ImageDataModule(root=str(data_root), download=False, val_size=100, eval_batch_size=64)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False}
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, **quiet)
     with model.testing_as("test_final"):
         final = trainer.test(model, datamodule=dm, verbose=False)[0]
     test = trainer.test(model, datamodule=dm, verbose=False)[0]
