@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from aevb import lr_schedules, metrics
-from aevb.distributed import gather_rng_states, seed_rank_streams
+from aevb.distributed import RankStreams
 from aevb.epoch_metrics import ELBOSums, EvaluationSettings, TestPrefix, TestSums
 from aevb.likelihoods import build_likelihood
 from aevb.networks import NetworkSpec, build_networks, init_normal_
@@ -46,7 +46,7 @@ def manifold_grid(steps: int) -> Tensor:
     return torch.stack([z1, z2], dim=-1).reshape(-1, 2)
 
 
-class VAE(TestPrefix, L.LightningModule):
+class VAE(TestPrefix, RankStreams, L.LightningModule):
     """Variational autoencoder trained by maximising the SGVB estimate of the ELBO.
 
     Args:
@@ -72,6 +72,7 @@ class VAE(TestPrefix, L.LightningModule):
             a hyperparameter (not saved), so `load_from_checkpoint(..., evaluation=...)` sets it.
 
     Test metrics are logged as `test/<name>`; `testing_as("test_final")` renames them for a pass.
+    Every rank's training noise is saved in checkpoints and restored on resume (`RankStreams`).
     """
 
     def __init__(
@@ -291,23 +292,8 @@ class VAE(TestPrefix, L.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics(values, step=self.global_step)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # every rank's RNG streams that draw z (CPU, and the accelerator's), so a resumed run
-        # continues with the same noise as an uninterrupted one (data order and binarization
-        # are seeded by epoch already); collective: Lightning calls this on every rank
-        if self._trainer is not None:
-            checkpoint["rng_states"] = gather_rng_states(self.trainer)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # applied when training resumes (on_train_start), not on every load: loading a model
-        # for evaluation must not reset the caller's RNG
-        self._resume_rng_states = checkpoint.get("rng_states")
-
     def on_train_start(self) -> None:
-        # each rank restores its own saved streams, or (fresh run) ranks > 0 get their own seed
-        states = getattr(self, "_resume_rng_states", None)
-        self._resume_rng_states = None
-        seed_rank_streams(self.trainer, states)
+        super().on_train_start()  # RankStreams: this rank's training noise
         self.samples_seen_host = int(self.samples_seen)  # one sync, after a resume's load
 
     def on_fit_start(self) -> None:
