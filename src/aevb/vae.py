@@ -112,7 +112,7 @@ class VAE(TestPrefix, RankStreams, L.LightningModule):
         self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
         #: the same count as a Python int, read by callbacks every step without a device sync
         self.samples_seen_host = 0
-        #: the running epoch's sums per stage (train, val, test), reset at the epoch's start
+        #: the running epoch's sums per stage (train, val, test): `_epoch`, `_log_means`
         self._epoch_sums: dict[str, ELBOSums] = {}
 
     # ----- public probabilistic API -------------------------------------------------------
@@ -191,8 +191,15 @@ class VAE(TestPrefix, RankStreams, L.LightningModule):
         loss = self.loss(terms, self.beta_at(self.global_step) if stage == "train" else None)
         if stage == "train":  # read by aevb.divergence.DivergenceGuard before the update
             self.last_terms = {"recon": terms.recon.detach(), "kl": terms.kl.detach()}
-        self._epoch_sums[stage].add(terms, loss)
+        self._epoch(stage).add(terms, loss)
         return loss
+
+    def _epoch(self, stage: str) -> ELBOSums:
+        """The running epoch's sums of `stage`, begun at its first batch (a run resumed mid-epoch
+        starts there, without on_train_epoch_start) and ended by `_log_means`."""
+        if stage not in self._epoch_sums:
+            self._epoch_sums[stage] = ELBOSums(per_dim=stage == "val")
+        return self._epoch_sums[stage]
 
     def count_samples(self, n: int) -> None:
         """Add a step's n datapoints per rank to `samples_seen` (all ranks: n x world size; each
@@ -231,17 +238,12 @@ class VAE(TestPrefix, RankStreams, L.LightningModule):
             )
         sums.add(posterior.mean, metrics.kl_per_dim(posterior, self.prior), log_w)
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_sums["train"] = ELBOSums()
-
     def on_validation_epoch_start(self) -> None:
-        self._epoch_sums["val"] = ELBOSums(per_dim=True)
         self._val_streams = ExitStack()  # closed (training streams restored) at the epoch end
         seed = mix_seed(VAL_SEED, self.global_rank)
         self._val_streams.enter_context(forked_streams(seed, self.device))
 
     def on_test_epoch_start(self) -> None:
-        self._epoch_sums["test"] = ELBOSums()
         self._test_sums = TestSums(self.evaluation)
 
     def on_train_epoch_end(self) -> None:
