@@ -27,8 +27,9 @@ import torchvision
 from common import peak_rss_mb, print_table
 
 from aevb import metrics
+from aevb.epoch_metrics import EvaluationSettings, TestSums
 from aevb.numerics import full_precision
-from aevb.vae import VAE, EvaluationSettings
+from aevb.vae import VAE
 
 #: aevb-eval's goal: at most this many times its decoder-GEMM bound (issue 20, goal 3)
 GOAL = 1.5
@@ -72,10 +73,10 @@ def generic_log_prob() -> Iterator[None]:
 
 def test_batch(model: VAE, x: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
     """The importance-weighted part of `VAE.test_step` on one batch: its sums."""
-    model.on_test_epoch_start()
+    sums = TestSums(model.evaluation)
     with torch.inference_mode(), full_precision():
-        model._accumulate_test_extras(x, "test", index)
-    return model._test_extras["test"]
+        model.add_test_metrics(x, index, sums)
+    return sums.totals
 
 
 def main() -> None:
@@ -102,14 +103,14 @@ def main() -> None:
     args = p.parse_args()
     torch.set_flush_denormal(not args.keep_denormals)  # before torch starts its worker threads
     torch.manual_seed(0)
+    ks = tuple(k for k in (1, 5, 50) if k <= args.k)  # aevb-eval's default eval.iwae_ks
+    evaluation = EvaluationSettings(iw_samples=args.k, iwae_ks=ks, chunk=args.chunk)
     if args.checkpoint:
-        model = VAE.load_from_checkpoint(args.checkpoint, map_location="cpu")
+        model = VAE.load_from_checkpoint(args.checkpoint, map_location="cpu", evaluation=evaluation)
     else:
-        model = VAE(latent_dim=args.latent, hidden_dims=[args.hidden])
+        model = VAE(latent_dim=args.latent, hidden_dims=[args.hidden], evaluation=evaluation)
     model.eval()
     hidden, latent = model.hparams.hidden_dims[0], model.hparams.latent_dim
-    ks = tuple(k for k in (1, 5, 50) if k <= args.k)  # aevb-eval's default eval.iwae_ks
-    model.evaluation = EvaluationSettings(iw_samples=args.k, iwae_ks=ks, chunk=args.chunk)
     x = test_images(args.data_root, args.n_test)
     chunk = args.chunk or metrics.IW_CHUNK["cpu"]
     shapes = [(latent, hidden), (hidden, 784)]

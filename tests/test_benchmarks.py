@@ -8,57 +8,28 @@ import sys
 from .conftest import REPO
 
 
-def test_train_throughput_smoke(data_root) -> None:
+def run_benchmark(script: str, data_root, options: str, timeout: int = 300) -> str:
+    """The stdout of `benchmarks/<script> --data-root <data_root> <options>`; fails the test
+    with the script's stderr if it exits non-zero."""
+    argv = [sys.executable, str(REPO / "benchmarks" / script), "--data-root", str(data_root)]
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "train_throughput.py"),
-            "--data-root",
-            str(data_root),
-            "--epochs",
-            "2",
-            "--hidden",
-            "16",
-            "--latent",
-            "2",
-            "--val-size",
-            "100",
-            "trainer=cpu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [*argv, *options.split()], capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    return proc.stdout
+
+
+def test_train_throughput_smoke(data_root) -> None:
+    options = "--epochs 2 --hidden 16 --latent 2 --val-size 100 trainer=cpu"
+    out = run_benchmark("train_throughput.py", data_root, options)
     for row in ("(a) matmul bound", "(b) plain loop", "(c) DataLoader", "(d) aevb-train"):
         assert row in out, out
     assert "peak RSS" in out and "x bound" in out
 
 
 def test_eval_throughput_smoke(data_root) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "eval_throughput.py"),
-            "--data-root",
-            str(data_root),
-            "--n-test",
-            "20",
-            "--k",
-            "50",
-            "--batch",
-            "8",
-            "--hidden",
-            "16",
-            "--log-prob",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    options = "--n-test 20 --k 50 --batch 8 --hidden 16 --log-prob"
+    out = run_benchmark("eval_throughput.py", data_root, options)
     for row in ("(a) decoder GEMM bound", "(b) aevb-eval test step", "(c) same, Bernoulli"):
         assert row in out, out
     assert "goal 3: aevb-eval k=50 = " in out and "peak RSS" in out
@@ -71,26 +42,10 @@ def test_eval_throughput_smoke(data_root) -> None:
 
 
 def test_sweep_throughput_smoke(data_root) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "sweep_throughput.py"),
-            "--data-root",
-            str(data_root),
-            "--epochs",
-            "1",
-            "data.val_size=100",
-            "model.hidden_dims=[32]",
-            "model.latent_dim=4",
-            "trainer=cpu",
-            "eval.iw_samples=10",
-            "eval.iwae_ks=[1,5]",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    options = (
+        "--epochs 1 data.val_size=100 model.hidden_dims=[32] model.latent_dim=4 trainer=cpu "
+        "eval.iw_samples=10 eval.iwae_ks=[1,5]"
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    out = run_benchmark("sweep_throughput.py", data_root, options, timeout=600)
     assert "(a) one job alone" in out and "(b) 2-job joblib sweep" in out, out
     assert "goal 4: 2-job joblib sweep = " in out, out

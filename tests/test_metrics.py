@@ -9,7 +9,8 @@ import torch
 from torch.distributions import Independent, MultivariateNormal, Normal
 
 from aevb import metrics
-from aevb.vae import VAE, EvaluationSettings
+from aevb.epoch_metrics import EvaluationSettings
+from aevb.vae import VAE
 
 D, P, SIGMA = 2, 5, 0.5  # latent dims, observed dims, decoder noise
 
@@ -120,7 +121,8 @@ def test_active_units_and_per_dimension_kl_on_constructed_unused_dims(data_root)
     from aevb.data import ImageDataModule
 
     torch.manual_seed(0)
-    model = VAE(data_shape=(1, 28, 28), latent_dim=5, hidden_dims=[16])
+    settings = EvaluationSettings(iw_samples=20, iwae_ks=(1, 20))
+    model = VAE(data_shape=(1, 28, 28), latent_dim=5, hidden_dims=[16], evaluation=settings)
     with torch.no_grad():  # dims 2..4: q(z_u|x) = N(0, 1) = p(z_u) for every x -> unused
         head = model.encoder.head  # rows [0:5] mean, [5:10] log-variance
         head.weight[2:5].zero_()
@@ -132,7 +134,6 @@ def test_active_units_and_per_dimension_kl_on_constructed_unused_dims(data_root)
     activity = metrics.latent_activity(means)
     torch.testing.assert_close(activity, means.double().var(0, correction=0))
     assert metrics.active_units(activity) == 2
-    model.evaluation = EvaluationSettings(iw_samples=20, iwae_ks=(1, 20))
     dm = ImageDataModule(root=str(data_root), download=False, val_size=100, eval_batch_size=64)
     trainer = L.Trainer(
         accelerator="cpu",

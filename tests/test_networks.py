@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aevb.likelihoods import LIKELIHOODS
-from aevb.networks import build_networks
+from aevb.networks import NetworkSpec, build_networks
 from aevb.vae import VAE
 
 LIKELIHOOD_KW = {
@@ -43,14 +43,14 @@ def test_every_architecture_and_likelihood_trains_one_step(shape, architecture, 
 
 def test_conv_refuses_image_sizes_its_strides_cannot_tile() -> None:
     with pytest.raises(ValueError, match="divisible by 4, got 28x18"):
-        build_networks("conv", (1, 28, 18), 2, [8], "relu", 1, [4, 8])
+        build_networks("conv", NetworkSpec((1, 28, 18), 2, [8], "relu", 1, [4, 8]))
     with pytest.raises(ValueError, match="model.architecture must be one of"):
-        build_networks("resnet", (1, 28, 28), 2, [8], "relu", 1)
+        build_networks("resnet", NetworkSpec((1, 28, 28), 2, [8], "relu", 1))
 
 
 def test_conv_decoder_output_depends_on_every_latent_and_covers_the_image() -> None:
     torch.manual_seed(0)
-    enc, dec = build_networks("conv", (1, 28, 20), 4, [32], "tanh", 2, [8, 16])
+    enc, dec = build_networks("conv", NetworkSpec((1, 28, 20), 4, [32], "tanh", 2, [8, 16]))
     z = torch.randn(3, 4, requires_grad=True)
     out = dec(z)
     assert out.shape == (3, 2, 1, 28, 20)

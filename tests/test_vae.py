@@ -7,6 +7,7 @@ import torch
 from torch.distributions import Distribution
 
 from aevb.data import ImageDataModule
+from aevb.epoch_metrics import EvaluationSettings
 from aevb.vae import VAE
 
 
@@ -61,6 +62,25 @@ def test_training_improves_elbo_and_checkpoint_round_trips(data_root, tmp_path) 
     ):
         torch.testing.assert_close(p, q, msg=name)
     assert int(loaded.samples_seen) == 1500
+    assert "evaluation" not in loaded.hparams and loaded.evaluation == EvaluationSettings()
+    spec = EvaluationSettings(iw_samples=7)  # not a hyperparameter: given when loading
+    assert VAE.load_from_checkpoint(path, evaluation=spec).evaluation is spec
+
+
+def test_test_epochs_compute_the_evaluation_argument_under_the_test_prefix(data_root) -> None:
+    spec = EvaluationSettings(iw_samples=4, iwae_ks=(2,))
+    model = VAE(data_shape=(1, 28, 28), latent_dim=2, hidden_dims=[8], evaluation=spec)
+    dm = ImageDataModule(root=str(data_root), download=False, val_size=100, eval_batch_size=64)
+    quiet = {"enable_progress_bar": False, "enable_model_summary": False}
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, **quiet)
+    with model.testing_as("test_final"):
+        final = trainer.test(model, datamodule=dm, verbose=False)[0]
+    test = trainer.test(model, datamodule=dm, verbose=False)[0]
+    names = {"elbo", "recon", "kl", "loss", "active_units", "nll", "iwae_k2"}
+    assert set(final) == {f"test_final/{n}" for n in names}
+    assert set(test) == {f"test/{n}" for n in names}
+    for name in ("nll", "iwae_k2", "kl"):  # keyed importance samples, analytic KL: the same
+        assert final[f"test_final/{name}"] == test[f"test/{name}"], name
 
 
 def test_manifold_grid_orders_codes_as_the_figure_and_decode_mean_is_e_x_given_z() -> None:

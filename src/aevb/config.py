@@ -361,7 +361,8 @@ class EvalConfig:
         _require(_is_int(n) and n >= 1, "eval.hmc_points", "an integer >= 1", n)
 
     def test_evaluation(self) -> dict[str, Any]:
-        """The keyword arguments of `aevb.vae.EvaluationSettings` (what `test_step` computes)."""
+        """The keyword arguments of `aevb.epoch_metrics.EvaluationSettings` (what a test epoch
+        computes)."""
         return {
             "iw_samples": self.iw_samples,
             "iwae_ks": tuple(self.iwae_ks),
@@ -465,8 +466,11 @@ class Settings:
             "likelihood": self.likelihood.kwargs(),
             "optim": self.optim.kwargs(num_train),
         }
-        if self.model.algorithm != "mcem":  # MCEM steps its optimiser itself (no schedule)
-            kwargs["lr_schedule"] = self.lr_schedule.kwargs()
+        if self.model.algorithm != "mcem":  # MCEM: no schedule (it steps its optimiser itself)
+            from aevb.epoch_metrics import EvaluationSettings  # torch: only to build a model
+
+            kwargs["lr_schedule"] = self.lr_schedule.kwargs()  # and no test/nll (no encoder)
+            kwargs["evaluation"] = EvaluationSettings(**self.eval.test_evaluation())
         return kwargs
 
     def hparams(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@
   `aevb.rng.rank_seed(seed, r)` (rank 0 keeps the run's seed), unless it resumes.
 - `gather_rng_states` / `restore_rng_states`: every rank's RNG state goes into the checkpoint
   (rank 0 writes it) and each rank restores its own, so a resumed run continues bit-exactly.
+- `RankStreams`: the LightningModule hooks that do the two above for a model's training noise.
 - `any_rank`: one all-reduced flag tensor, so every rank takes the same decision (a rank that
   stopped alone would leave the others waiting in the next all-reduce until a timeout).
 
@@ -80,6 +81,27 @@ def seed_rank_streams(trainer: L.Trainer, resume_states: dict[str, Any] | None) 
     device = trainer.strategy.root_device
     if not restore_rng_states(resume_states, trainer.global_rank, device):
         rng.seed_rank(run_seed(), trainer.global_rank)
+
+
+class RankStreams:
+    """Mixin of a LightningModule that draws its training noise from the default RNG streams:
+    every rank's streams go into its checkpoints (`rng_states`; collective: Lightning saves on
+    every rank), so a resumed run continues with the same noise as an uninterrupted one (data
+    order and binarization are seeded by epoch already). They are restored when training
+    starts, not on every load: loading a model for evaluation leaves the caller's RNG alone."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None:
+            checkpoint["rng_states"] = gather_rng_states(self.trainer)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._resume_rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        """This rank's saved streams (resume), or else (fresh run) its own seed if rank > 0."""
+        states = getattr(self, "_resume_rng_states", None)
+        self._resume_rng_states = None
+        seed_rank_streams(self.trainer, states)
 
 
 def any_rank(flags: Tensor, trainer: L.Trainer) -> Tensor:

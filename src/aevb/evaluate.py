@@ -31,13 +31,13 @@ from aevb import signals
 from aevb.atomic import describe_os_error, write_json_atomic
 from aevb.config import EvalConfig
 from aevb.devices import check_accelerator, runtime_record
+from aevb.epoch_metrics import EvaluationSettings
 from aevb.errors import ConfigError, DataError, one_line
 from aevb.marginal_curve import marginal_log_likelihood
 from aevb.numerics import configure_numerics
 from aevb.progress import EvalProgress
 from aevb.rundir import RunDir
 from aevb.runs import checkpoint_of, load_run
-from aevb.vae import EvaluationSettings
 
 #: aevb-eval's defaults; aevb-train's test/nll uses conf/train.yaml's smaller eval.iw_samples
 DEFAULTS = EvalConfig(iw_samples=5000)
@@ -90,9 +90,9 @@ def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str
     check_accelerator(accelerator, "accelerator")
     configure_numerics()  # as aevb-train; test_step itself runs in IEEE float32
     run_dir, ckpt = resolve(target)
-    run = load_run(run_dir, checkpoint=ckpt)
+    evaluation = EvaluationSettings(**settings.test_evaluation())
+    run = load_run(run_dir, checkpoint=ckpt, evaluation=evaluation)
     model = run.model
-    model.evaluation = EvaluationSettings(**settings.test_evaluation())
     check_memory(settings, run.datamodule.eval_batch_size, accelerator)
     L.seed_everything(settings.seed, workers=False, verbose=False)
     trainer = L.Trainer(

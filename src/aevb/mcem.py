@@ -45,9 +45,10 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from aevb import metrics
+from aevb.epoch_metrics import TestPrefix
 from aevb.hmc import HMC
 from aevb.likelihoods import build_likelihood
-from aevb.networks import build_networks, init_normal_
+from aevb.networks import NetworkSpec, build_networks, init_normal_
 from aevb.registry import OPTIMIZERS
 
 #: the metric MCEM's best checkpoint is chosen by (it has no val/elbo)
@@ -56,7 +57,7 @@ MONITOR = "val/log_px_hmc"
 EVAL_SEED = 0
 
 
-class MonteCarloEM(L.LightningModule):
+class MonteCarloEM(TestPrefix, L.LightningModule):
     """Decoder p_theta(x|z) and N(0, I) prior fitted by Monte Carlo EM with persistent HMC chains.
 
     Args (network ones as `aevb.vae.VAE`):
@@ -104,15 +105,9 @@ class MonteCarloEM(L.LightningModule):
         self.data_shape = tuple(data_shape)
         lik = dict(likelihood or {"name": "bernoulli"})
         self.likelihood = build_likelihood(lik.pop("name"), self.data_shape, **lik)
-        _, self.decoder = build_networks(
-            architecture,
-            self.data_shape,
-            latent_dim,
-            list(hidden_dims),
-            activation,
-            self.likelihood.params_per_pixel,
-            list(channels),
-        )
+        out = self.likelihood.params_per_pixel
+        spec = NetworkSpec(self.data_shape, latent_dim, hidden_dims, activation, out, channels)
+        _, self.decoder = build_networks(architecture, spec)  # (builds the encoder too: same init)
         if init_std is not None:
             init_normal_(self, init_std)
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
@@ -125,7 +120,6 @@ class MonteCarloEM(L.LightningModule):
         #: noise of the chains (CPU, so a seed gives the same chains on every device; saved in
         #: checkpoints), seeded from the global RNG that aevb-train seeds before building
         self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-        self.test_prefix = "test"
         self._sums: dict[str, Tensor] = {}
         self._epoch_rows: tuple[int, Tensor] | None = None
         self._epoch_position = 0

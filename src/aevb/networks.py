@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -133,48 +134,38 @@ def conv_grid(h: int, w: int, layers: int) -> int:
     return (h // f) * (w // f)
 
 
-def mlp_networks(
-    data_shape: Sequence[int],
-    latent_dim: int,
-    hidden_dims: Sequence[int],
-    activation: str,
-    params_per_pixel: int,
-    channels: Sequence[int] = (),
-) -> tuple[nn.Module, nn.Module]:
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What an architecture (`aevb.registry.ARCHITECTURES`) builds its encoder and decoder from;
+    the decoder mirrors the encoder's widths."""
+
+    data_shape: Sequence[int]  #: image shape [C, H, W]
+    latent_dim: int
+    hidden_dims: Sequence[int]  #: encoder widths, first to last
+    activation: str  #: `aevb.registry.ACTIVATIONS` name
+    params_per_pixel: int  #: decoder outputs per pixel (the likelihood's parameters)
+    channels: Sequence[int] = (32, 64)  #: conv feature maps per stride-2 layer (conv only)
+
+
+def mlp_networks(spec: NetworkSpec) -> tuple[nn.Module, nn.Module]:
     """model.architecture=mlp: MLP encoder and decoder (`channels` unused)."""
-    encoder = MLPEncoder(data_shape, hidden_dims, latent_dim, activation)
-    widths = list(reversed(hidden_dims))
-    return encoder, MLPDecoder(latent_dim, widths, data_shape, params_per_pixel, activation)
+    shape, d, act = spec.data_shape, spec.latent_dim, spec.activation
+    encoder = MLPEncoder(shape, spec.hidden_dims, d, act)
+    widths = list(reversed(spec.hidden_dims))
+    return encoder, MLPDecoder(d, widths, shape, spec.params_per_pixel, act)
 
 
-def conv_networks(
-    data_shape: Sequence[int],
-    latent_dim: int,
-    hidden_dims: Sequence[int],
-    activation: str,
-    params_per_pixel: int,
-    channels: Sequence[int] = (32, 64),
-) -> tuple[nn.Module, nn.Module]:
+def conv_networks(spec: NetworkSpec) -> tuple[nn.Module, nn.Module]:
     """model.architecture=conv: strided convolutions (`channels`), then the MLP layers."""
-    encoder = ConvEncoder(data_shape, channels, hidden_dims, latent_dim, activation)
-    widths, back = list(reversed(hidden_dims)), list(reversed(channels))
-    decoder = ConvDecoder(latent_dim, widths, back, data_shape, params_per_pixel, activation)
-    return encoder, decoder
+    shape, d, act = spec.data_shape, spec.latent_dim, spec.activation
+    encoder = ConvEncoder(shape, spec.channels, spec.hidden_dims, d, act)
+    widths, back = list(reversed(spec.hidden_dims)), list(reversed(spec.channels))
+    return encoder, ConvDecoder(d, widths, back, shape, spec.params_per_pixel, act)
 
 
-def build_networks(
-    architecture: str,
-    data_shape: Sequence[int],
-    latent_dim: int,
-    hidden_dims: Sequence[int],
-    activation: str,
-    params_per_pixel: int,
-    channels: Sequence[int] = (32, 64),
-) -> tuple[nn.Module, nn.Module]:
-    """The (encoder, decoder) pair `aevb.registry.ARCHITECTURES[architecture]` builds; the
-    decoder mirrors the encoder's widths."""
-    build = ARCHITECTURES[architecture]
-    return build(data_shape, latent_dim, hidden_dims, activation, params_per_pixel, channels)
+def build_networks(architecture: str, spec: NetworkSpec) -> tuple[nn.Module, nn.Module]:
+    """The (encoder, decoder) pair `aevb.registry.ARCHITECTURES[architecture]` builds."""
+    return ARCHITECTURES[architecture](spec)
 
 
 @torch.no_grad()

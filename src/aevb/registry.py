@@ -63,8 +63,7 @@ ALGORITHMS = Registry(
     },
 )
 
-#: model.architecture -> builder(data_shape, latent_dim, hidden_dims, activation,
-#: params_per_pixel, channels) -> (encoder, decoder)
+#: model.architecture -> builder(aevb.networks.NetworkSpec) -> (encoder, decoder)
 ARCHITECTURES = Registry(
     "model.architecture",
     {"mlp": "aevb.networks:mlp_networks", "conv": "aevb.networks:conv_networks"},

@@ -35,7 +35,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, overload
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -51,6 +51,21 @@ RESUME = ("requeue", "auto", "never")
 _NOT_IDENTITY = ("resume", "ckpt_path")
 #: open directory descriptors whose flock this process holds (released at exit)
 _HELD: dict[Path, int] = {}
+
+
+class _Entry:
+    """A file or folder of a run directory: on a `RunDir`, its path (`RunDir(p).metrics` is
+    p / "metrics.json"); on the class, the name relative to the run directory."""
+
+    def __init__(self, relative: str) -> None:
+        self.relative = relative
+
+    @overload
+    def __get__(self, run: None, owner: type) -> str: ...
+    @overload
+    def __get__(self, run: RunDir, owner: type) -> Path: ...
+    def __get__(self, run: RunDir | None, owner: type) -> Path | str:
+        return self.relative if run is None else run.path / self.relative
 
 
 @dataclass(frozen=True)
@@ -72,49 +87,17 @@ class RunDir:
 
     path: Path
 
-    @property
-    def config(self) -> Path:
-        return self.path / self.CONFIG
-
-    @property
-    def hydra_config(self) -> Path:
-        return self.path / ".hydra" / "hydra.yaml"
-
-    @property
-    def overrides(self) -> Path:
-        return self.path / self.OVERRIDES
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.checkpoints / "best.ckpt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / "last.ckpt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def eval(self) -> Path:
-        return self.path / "eval.json"
-
-    @property
-    def learning_curve(self) -> Path:
-        return self.path / self.LEARNING_CURVE
-
-    @property
-    def marginal_curve(self) -> Path:
-        return self.path / self.MARGINAL_CURVE
-
-    @property
-    def figures(self) -> Path:
-        return self.path / "figures"
+    config = _Entry(CONFIG)
+    hydra_config = _Entry(".hydra/hydra.yaml")
+    overrides = _Entry(OVERRIDES)
+    checkpoints = _Entry("checkpoints")
+    best_checkpoint = _Entry("checkpoints/best.ckpt")
+    last_checkpoint = _Entry("checkpoints/last.ckpt")
+    metrics = _Entry("metrics.json")
+    eval = _Entry("eval.json")
+    learning_curve = _Entry(LEARNING_CURVE)
+    marginal_curve = _Entry(MARGINAL_CURVE)
+    figures = _Entry("figures")
 
     def is_run(self) -> bool:
         """Whether aevb-train (Hydra) wrote this directory: it holds the resolved config."""

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from aevb import checkpoints
 from aevb.config import Settings
 from aevb.data import ImageDataModule
+from aevb.epoch_metrics import EvaluationSettings
 from aevb.mcem import MonteCarloEM
 from aevb.registry import ALGORITHMS
 from aevb.rundir import RunDir, run_config_of
@@ -35,11 +36,15 @@ def checkpoint_of(run_dir: Path) -> Path:
 
 
 def load_run(
-    run_dir: str | Path, map_location: str = "cpu", checkpoint: str | Path | None = None
+    run_dir: str | Path,
+    map_location: str = "cpu",
+    checkpoint: str | Path | None = None,
+    evaluation: EvaluationSettings | None = None,
 ) -> Run:
     """Load a run written by `aevb-train`: the same data (and binarization seeds) and best model.
 
-    `checkpoint` picks another checkpoint of the run (default: `checkpoint_of(run_dir)`). The
+    `checkpoint` picks another checkpoint of the run (default: `checkpoint_of(run_dir)`);
+    `evaluation`, what the model's test epochs compute (a VAE's; MCEM has none). The
     checkpoint is loaded without running code and must match the run's data, model, objective
     and optimizer (`checkpoints.check_identity`); else a one-line `CheckpointError`.
     """
@@ -58,7 +63,9 @@ def load_run(
     ckpt = Path(checkpoint) if checkpoint is not None else run.checkpoint()
     model_cls = ALGORITHMS[settings.model.algorithm]
     checkpoints.check_identity(cfg, checkpoints.load(ckpt), ckpt, run_config_of(ckpt))
-    model = model_cls.load_from_checkpoint(ckpt, map_location=map_location, weights_only=True)
+    model = model_cls.load_from_checkpoint(  # evaluation: dropped where __init__ lacks it
+        ckpt, map_location=map_location, weights_only=True, evaluation=evaluation
+    )
     model.eval()
     metrics_path = run.metrics
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -17,37 +16,19 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal
 
 from aevb import lr_schedules, metrics
-from aevb.distributed import gather_rng_states, seed_rank_streams
+from aevb.distributed import RankStreams
+from aevb.epoch_metrics import ELBOSums, EvaluationSettings, TestPrefix, TestSums
 from aevb.likelihoods import build_likelihood
-from aevb.networks import build_networks, init_normal_
-from aevb.numerics import full_precision, wide_dtype
+from aevb.networks import NetworkSpec, build_networks, init_normal_
+from aevb.numerics import full_precision
 from aevb.registry import OPTIMIZERS
 from aevb.rng import KeyedNormal, forked_streams, mix_seed
-
-#: per-datapoint quantities logged as `{train,val,test}/<name>` (epoch means, nats)
-LOGGED_TERMS = ("elbo", "recon", "kl", "loss")
 
 #: seed of validation's z draws: every validation (and the sanity check) runs on streams forked
 #: from training's and set to mix_seed(VAL_SEED, rank), so it never moves the training noise (a
 #: run stopped before an epoch's validation resumes to the same weights) and every epoch's
 #: val/elbo uses the same noise (common random numbers across epochs)
 VAL_SEED = 0x5EED_0A1
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    """What `test_step` computes beside the ELBO; the entry point sets `VAE.evaluation`.
-
-    iw_samples: k of `test/nll` (0 = no importance-weighted metrics); iwae_ks: the k of the
-    `test/iwae_k{K}` bounds (each <= iw_samples, sharing its draws); chunk: decoder rows per
-    pass; seed: of the importance samples; active_threshold: of `test/active_units`.
-    """
-
-    iw_samples: int = 0
-    iwae_ks: tuple[int, ...] = ()
-    chunk: int | None = None
-    seed: int = 0
-    active_threshold: float = 0.01
 
 
 def prior_quantiles(steps: int) -> Tensor:
@@ -65,7 +46,7 @@ def manifold_grid(steps: int) -> Tensor:
     return torch.stack([z1, z2], dim=-1).reshape(-1, 2)
 
 
-class VAE(L.LightningModule):
+class VAE(TestPrefix, RankStreams, L.LightningModule):
     """Variational autoencoder trained by maximising the SGVB estimate of the ELBO.
 
     Args:
@@ -87,6 +68,11 @@ class VAE(L.LightningModule):
             sum_d max(lambda, batch-mean KL_d); 0 turns it off. */elbo is unaffected.
         optim: `{"name": adam|adagrad|sgd, "lr": ..., "weight_decay": ..., **kwargs}`.
         lr_schedule: `{"name", "interval", **keys}` for `aevb.lr_schedules`; None: constant lr.
+        evaluation: what test epochs compute beside the ELBO (default: active units only); not
+            a hyperparameter (not saved), so `load_from_checkpoint(..., evaluation=...)` sets it.
+
+    Test metrics are logged as `test/<name>`; `testing_as("test_final")` renames them for a pass.
+    Every rank's training noise is saved in checkpoints and restored on resume (`RankStreams`).
     """
 
     def __init__(
@@ -107,21 +93,17 @@ class VAE(L.LightningModule):
         free_bits: float = 0.0,
         optim: dict[str, Any] | None = None,
         lr_schedule: dict[str, Any] | None = None,
+        evaluation: EvaluationSettings | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["evaluation"])
+        self.evaluation = evaluation or EvaluationSettings()
         self.data_shape = tuple(data_shape)
         lik = dict(likelihood or {"name": "bernoulli"})
         self.likelihood = build_likelihood(lik.pop("name"), self.data_shape, **lik)
-        self.encoder, self.decoder = build_networks(
-            architecture,
-            self.data_shape,
-            latent_dim,
-            list(hidden_dims),
-            activation,
-            self.likelihood.params_per_pixel,
-            list(channels),
-        )
+        out = self.likelihood.params_per_pixel
+        spec = NetworkSpec(self.data_shape, latent_dim, hidden_dims, activation, out, channels)
+        self.encoder, self.decoder = build_networks(architecture, spec)
         if init_std is not None:
             init_normal_(self, init_std)
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
@@ -130,10 +112,8 @@ class VAE(L.LightningModule):
         self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
         #: the same count as a Python int, read by callbacks every step without a device sync
         self.samples_seen_host = 0
-        #: metric prefix used by `test_step` (the entry point renames it to test another model)
-        self.test_prefix = "test"
-        #: per-prefix running sums of LOGGED_TERMS and the datapoint count, on the device
-        self._epoch_sums: dict[str, Tensor] = {}
+        #: the running epoch's sums per stage (train, val, test): `_epoch`, `_log_means`
+        self._epoch_sums: dict[str, ELBOSums] = {}
 
     # ----- public probabilistic API -------------------------------------------------------
     @property
@@ -156,14 +136,8 @@ class VAE(L.LightningModule):
 
     def elbo_terms(self, x: Tensor, samples: int | None = None) -> metrics.ELBOTerms:
         """recon, KL and per-dimension KL of the bound for a batch (nats per datapoint)."""
-        return metrics.elbo(
-            x,
-            self.encode(x),
-            self.decode,
-            self.prior,
-            samples=samples or self.hparams.samples,
-            kl=self.hparams.kl,
-        )
+        samples, kl = samples or self.hparams.samples, self.hparams.kl
+        return metrics.elbo(x, self.encode(x), self.decode, self.prior, samples=samples, kl=kl)
 
     def elbo(self, x: Tensor, samples: int | None = None) -> Tensor:
         """ELBO(x) per datapoint, Tensor[B] in nats (beta = 1 regardless of training beta)."""
@@ -184,16 +158,11 @@ class VAE(L.LightningModule):
 
     @torch.inference_mode()
     def log_likelihood(
-        self,
-        x: Tensor,
-        k: int,
-        chunk: int | None = None,
-        generator: torch.Generator | None = None,
+        self, x: Tensor, k: int, chunk: int | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """Importance-sampled log p(x) with k draws from q(z|x) (Burda et al.): Tensor[B], nats."""
-        return metrics.iwae_log_likelihood(
-            x, self.encode(x), self.decode, self.prior, k, chunk, generator
-        )
+        q = self.encode(x)
+        return metrics.iwae_log_likelihood(x, q, self.decode, self.prior, k, chunk, generator)
 
     # ----- Lightning ----------------------------------------------------------------------
     def beta_at(self, step: int) -> float:
@@ -217,42 +186,20 @@ class VAE(L.LightningModule):
             kl = terms.kl.mean()
         return beta * kl - terms.recon.mean()
 
-    def _step(self, batch: tuple[Tensor, Tensor], prefix: str) -> Tensor:
-        x = batch[0]
-        terms = self.elbo_terms(x)
-        beta = self.beta_at(self.global_step) if prefix == "train" else None
-        loss = self.loss(terms, beta)
-        if prefix == "train":  # read by aevb.divergence.DivergenceGuard before the update
+    def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+        terms = self.elbo_terms(batch[0])
+        loss = self.loss(terms, self.beta_at(self.global_step) if stage == "train" else None)
+        if stage == "train":  # read by aevb.divergence.DivergenceGuard before the update
             self.last_terms = {"recon": terms.recon.detach(), "kl": terms.kl.detach()}
-        self._accumulate(prefix, terms, loss)
-        if prefix == "val":
-            kl_dims = terms.kl_per_dim.detach().sum(0)
-            seen = getattr(self, "_val_kl_dims", None)
-            self._val_kl_dims = kl_dims if seen is None else seen + kl_dims
+        self._epoch(stage).add(terms, loss)
         return loss
 
-    def _accumulate(self, prefix: str, terms: metrics.ELBOTerms, loss: Tensor) -> None:
-        """Add a batch's sums to the epoch totals on the device (no host sync, no per-step log)."""
-        n = terms.elbo.shape[0]
-        count = loss.new_full((), n)  # a fill on the device, not a host-to-device copy
-        values = torch.stack(
-            [terms.elbo.sum(), terms.recon.sum(), terms.kl.sum(), loss * n, count]
-        ).detach()
-        if prefix in self._epoch_sums:
-            self._epoch_sums[prefix] += values
-        else:
-            self._epoch_sums[prefix] = values
-
-    def _log_epoch(self, prefix: str) -> dict[str, Tensor] | None:
-        """Log `{prefix}/{elbo,recon,kl,loss}` as exact means over every rank's datapoints."""
-        sums = self._epoch_sums.pop(prefix, None)
-        if sums is None:
-            return None
-        sums = self.trainer.strategy.reduce(sums, reduce_op="sum")  # all ranks (DDP)
-        means = sums[:-1] / sums[-1]
-        values = {f"{prefix}/{name}": v for name, v in zip(LOGGED_TERMS, means, strict=True)}
-        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)  # already reduced
-        return values
+    def _epoch(self, stage: str) -> ELBOSums:
+        """The running epoch's sums of `stage`, begun at its first batch (a run resumed mid-epoch
+        starts there, without on_train_epoch_start) and ended by `_log_means`."""
+        if stage not in self._epoch_sums:
+            self._epoch_sums[stage] = ELBOSums(per_dim=stage == "val")
+        return self._epoch_sums[stage]
 
     def count_samples(self, n: int) -> None:
         """Add a step's n datapoints per rank to `samples_seen` (all ranks: n x world size; each
@@ -267,6 +214,79 @@ class VAE(L.LightningModule):
             self._log_direct({"train/beta": self.beta_at(self.global_step)})
         return self._step(batch, "train")
 
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        with full_precision():  # evaluation in IEEE float32, no TF32 (aevb.numerics)
+            self._step(batch, "test")
+            x, sums = batch[0], self._test_sums
+            # rows in the test split (aevb.data.TensorLoader with_index), else this rank's count
+            rows = batch[2] if len(batch) > 2 else torch.arange(sums.seen, sums.seen + len(x))
+            self.add_test_metrics(x, rows, sums)
+
+    def add_test_metrics(self, x: Tensor, rows: Tensor, sums: TestSums) -> None:
+        """Add a batch's posterior statistics and (`iw_samples` > 0) importance-weighted bounds
+        to `sums`. The importance samples of image i are keyed by (seed, rows[i]): the same on
+        every device and for any number of ranks (`aevb.rng.KeyedNormal`)."""
+        spec, posterior = sums.settings, self.encode(x)
+        log_w = None
+        if spec.iw_samples > 0:
+            noise = KeyedNormal(spec.seed, rows.cpu(), self.hparams.latent_dim)
+            log_w = metrics.importance_log_weights(
+                x, posterior, self.decode, self.prior, spec.iw_samples, spec.chunk, noise=noise
+            )
+        sums.add(posterior.mean, metrics.kl_per_dim(posterior, self.prior), log_w)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_streams = ExitStack()  # closed (training streams restored) at the epoch end
+        seed = mix_seed(VAL_SEED, self.global_rank)
+        self._val_streams.enter_context(forked_streams(seed, self.device))
+
+    def on_test_epoch_start(self) -> None:
+        self._test_sums = TestSums(self.evaluation)
+
+    def on_train_epoch_end(self) -> None:
+        self._log_means("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._val_streams.close()
+        values = self._log_means("val")
+        if values is not None and not self.trainer.sanity_checking:
+            val_elbo = values[lr_schedules.PLATEAU_MONITOR]
+            lr_schedules.step_plateau(self.trainer.lr_scheduler_configs, val_elbo)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_means("test")
+        result = self._test_sums.result(self._reduce)
+        if result is not None:
+            values = {f"{self.test_prefix}/{k}": v for k, v in result.values.items()}
+            self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
+            self.test_latent_stats = {"kl_per_dim": result.kl_per_dim, "activity": result.activity}
+
+    def _reduce(self, t: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(t, reduce_op="sum")  # over all ranks (DDP)
+
+    def _log_means(self, stage: str) -> dict[str, Tensor] | None:
+        """Log the epoch means of `stage` as `{prefix}/{elbo,recon,kl,loss}`; validation also logs
+        the per-dimension KL: `val/kl_active_dims` and the histogram `val/kl_per_dim`."""
+        sums = self._epoch_sums.pop(stage, None)
+        means = sums.means(self._reduce) if sums is not None else None
+        if means is None:
+            return None
+        prefix = self.test_prefix if stage == "test" else stage
+        kl_dims = means.pop("kl_per_dim", None)
+        if kl_dims is not None:
+            self.log(f"{prefix}/kl_active_dims", (kl_dims > 0.01).sum().float(), sync_dist=False)
+            if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+                for logger in self.loggers:
+                    writer = getattr(logger, "experiment", None)
+                    if hasattr(writer, "add_histogram"):
+                        writer.add_histogram("val/kl_per_dim", kl_dims.cpu(), self.global_step)
+        values = {f"{prefix}/{k}": v for k, v in means.items()}
+        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)  # already reduced
+        return values
+
     def _log_direct(self, values: dict[str, float]) -> None:
         """Write scalars straight to the loggers at the current step (rank 0; no Lightning
         result-collection bookkeeping, so cheap enough for step-level curves)."""
@@ -274,134 +294,8 @@ class VAE(L.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics(values, step=self.global_step)
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_kl_dims: Tensor | None = None
-        self._val_streams = ExitStack()  # closed (training streams restored) at the epoch end
-        seed = mix_seed(VAL_SEED, self.global_rank)
-        self._val_streams.enter_context(forked_streams(seed, self.device))
-
-    def _log_val_kl_per_dim(self) -> None:
-        """Per-dimension KL over the validation set: a histogram and `val/kl_active_dims`."""
-        kl_dims = getattr(self, "_val_kl_dims", None)
-        sums = self._epoch_sums.get("val")
-        if kl_dims is None or sums is None:
-            return
-        kl_dims = self.trainer.strategy.reduce(kl_dims, reduce_op="sum")
-        count = self.trainer.strategy.reduce(sums[-1].clone(), reduce_op="sum")
-        kl_dims = kl_dims / count
-        self.log("val/kl_active_dims", (kl_dims > 0.01).sum().float(), sync_dist=False)
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            for logger in self.loggers:
-                writer = getattr(logger, "experiment", None)
-                if hasattr(writer, "add_histogram"):
-                    writer.add_histogram("val/kl_per_dim", kl_dims.cpu(), self.global_step)
-
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
-
-    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
-        with full_precision():  # evaluation in IEEE float32, no TF32 (aevb.numerics)
-            self._test_step(batch)
-
-    def _test_step(self, batch: tuple[Tensor, ...]) -> None:
-        self._step(batch, self.test_prefix)
-        x = batch[0]
-        if len(batch) > 2:  # rows in the test split (aevb.data.TensorLoader with_index)
-            index = batch[2]
-        else:  # a loader without rows: count this rank's images
-            index = torch.arange(self._test_seen, self._test_seen + x.shape[0])
-        self._test_seen += x.shape[0]
-        self._accumulate_test_extras(x, self.test_prefix, index)
-
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._val_streams.close()
-        self._log_val_kl_per_dim()
-        values = self._log_epoch("val")
-        if values is not None and not self.trainer.sanity_checking:
-            val_elbo = values[lr_schedules.PLATEAU_MONITOR]
-            lr_schedules.step_plateau(self.trainer.lr_scheduler_configs, val_elbo)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch(self.test_prefix)
-        self._log_test_extras(self.test_prefix)
-
-    # ----- test-time metrics: importance-weighted NLL, IWAE bounds, active units ----------
-    #: the settings of the test-time metrics (class default: active units only)
-    evaluation: EvaluationSettings = EvaluationSettings()
-
-    def on_test_epoch_start(self) -> None:
-        self._test_extras: dict[str, dict[str, Tensor]] = {}
-        self._test_seen = 0
-
-    def _accumulate_test_extras(self, x: Tensor, prefix: str, index: Tensor) -> None:
-        """Add a batch's sums of log p(x), IWAE bounds and latent moments (`numerics.wide_dtype`,
-        on the device). The importance samples of image i are keyed by (eval seed, index[i]):
-        the same on every device and for any number of ranks (`aevb.rng.KeyedNormal`)."""
-        spec = self.evaluation
-        posterior = self.encode(x)
-        wide = wide_dtype(x.device)
-        mean = posterior.mean.to(wide)
-        sums = {
-            "n": mean.new_full((), x.shape[0]),
-            "mean": mean.sum(0),
-            "mean_sq": (mean**2).sum(0),
-            "kl": metrics.kl_per_dim(posterior, self.prior).to(wide).sum(0),
-        }
-        if spec.iw_samples > 0:
-            noise = KeyedNormal(spec.seed, index.cpu(), self.hparams.latent_dim)
-            log_w = metrics.importance_log_weights(
-                x, posterior, self.decode, self.prior, spec.iw_samples, spec.chunk, noise=noise
-            )
-            sums["log_px"] = metrics.iwae_bound(log_w).sum()
-            for k in spec.iwae_ks:
-                sums[f"iwae_k{k}"] = metrics.iwae_bound(log_w, k).sum()
-        acc = self._test_extras.setdefault(prefix, {})
-        for key, value in sums.items():
-            acc[key] = acc[key] + value if key in acc else value
-
-    def _log_test_extras(self, prefix: str) -> None:
-        """Log `{prefix}/nll` (= -mean log p(x)), `{prefix}/iwae_k{K}`, `{prefix}/active_units`.
-
-        Also keeps `test_latent_stats` (per-dimension KL and activity, lists over dimensions).
-        """
-        acc = getattr(self, "_test_extras", {}).pop(prefix, None)
-        if acc is None:
-            return
-        acc = {k: self.trainer.strategy.reduce(v, reduce_op="sum") for k, v in acc.items()}
-        n = acc["n"]
-        activity = metrics.latent_activity_from_moments(n, acc["mean"], acc["mean_sq"])
-        units = metrics.active_units(activity, self.evaluation.active_threshold)
-        values = {f"{prefix}/active_units": float(units)}
-        if "log_px" in acc:
-            values[f"{prefix}/nll"] = float(-acc["log_px"] / n)
-            for k in self.evaluation.iwae_ks:
-                values[f"{prefix}/iwae_k{k}"] = float(acc[f"iwae_k{k}"] / n)
-        self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)
-        self.test_latent_stats = {
-            "kl_per_dim": (acc["kl"] / n).tolist(),
-            "activity": activity.tolist(),
-        }
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # every rank's RNG streams that draw z (CPU, and the accelerator's), so a resumed run
-        # continues with the same noise as an uninterrupted one (data order and binarization
-        # are seeded by epoch already); collective: Lightning calls this on every rank
-        if self._trainer is not None:
-            checkpoint["rng_states"] = gather_rng_states(self.trainer)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # applied when training resumes (on_train_start), not on every load: loading a model
-        # for evaluation must not reset the caller's RNG
-        self._resume_rng_states = checkpoint.get("rng_states")
-
     def on_train_start(self) -> None:
-        # each rank restores its own saved streams, or (fresh run) ranks > 0 get their own seed
-        states = getattr(self, "_resume_rng_states", None)
-        self._resume_rng_states = None
-        seed_rank_streams(self.trainer, states)
+        super().on_train_start()  # RankStreams: this rank's training noise
         self.samples_seen_host = int(self.samples_seen)  # one sync, after a resume's load
 
     def on_fit_start(self) -> None:

@@ -59,7 +59,7 @@ class WakeSleep(VAE):
         sleep = self.sleep_loss(x.shape[0])
         loss = wake + sleep
         self.last_terms = {"recon": terms.recon.detach(), "kl": terms.kl.detach()}
-        self._accumulate("train", terms, loss)
+        self._epoch("train").add(terms, loss)
         if batch_idx % self.trainer.log_every_n_steps == 0:
             self._log_direct(
                 {"train/wake_loss": float(wake.detach()), "train/sleep_loss": float(sleep.detach())}
