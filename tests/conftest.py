@@ -45,7 +45,12 @@ SCENARIOS: frozenset[str] = frozenset(
         "tests/test_ddp.py::test_sharded_test_nll_equals_a_single_process_evaluation",
         "tests/test_ddp.py::test_budget_samples_counts_every_rank",
         "tests/test_ddp.py::test_a_resumed_ddp_run_continues_bit_exactly",
+        # test_devices: a run, and the console scripts' refusals (fast: the same checks)
         "tests/test_devices.py::test_a_thinned_guard_stops_before_validating_or_checkpointing",
+        "tests/test_devices.py::test_unsupported_precision_fails_in_one_line_before_any_run",
+        "tests/test_devices.py::test_asking_for_a_gpu_without_one_is_one_line",
+        "tests/test_devices.py::test_slurm_with_all_devices_is_refused_in_one_line",
+        "tests/test_experiments.py::test_cfg_job_prints_the_recipe",
         "tests/test_experiments.py::test_frey_recipe_runs_to_its_budget_with_a_log_spaced_curve",
         "tests/test_experiments.py::test_fig3_recipe_runs_each_algorithm_with_a_marginal_curve",
         "tests/test_figures.py::test_cli_writes_paper_figures_with_expected_panels",
@@ -56,6 +61,7 @@ SCENARIOS: frozenset[str] = frozenset(
         "tests/test_lr_schedules.py::test_resumed_scheduled_run_matches_the_uninterrupted_run",
         "tests/test_objectives.py::test_multirun_over_likelihoods_and_betas_records_each_jobs_settings",
         "tests/test_reference_recipes.py::test_recipe_runs_a_few_steps",
+        "tests/test_reliability.py::test_console_script_exit_code_and_traceback_on_request[full_error]",
         "tests/test_reliability.py::test_resume_after_sigkill_matches_the_uninterrupted_run",
         "tests/test_resume.py::test_budget_run_resumed_from_an_epoch_end_checkpoint_matches_the_uninterrupted_run",
         "tests/test_resume.py::test_run_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_result",
@@ -79,6 +85,8 @@ SCENARIOS: frozenset[str] = frozenset(
         "tests/test_sweeps.py::test_failed_point_does_not_stop_the_sweep",
         "tests/test_sweeps.py::test_requeued_job_resumes_from_last_checkpoint",
         "tests/test_sweeps.py::test_optuna_search_maximises_the_returned_val_elbo",
+        # test_train_cli: in-process in test_reliability's BAD_INPUTS
+        "tests/test_train_cli.py::test_bad_value_exits_nonzero_naming_the_key",
         "tests/test_train_cli.py::test_wheel_ships_the_configs",
     }
 )
