@@ -54,9 +54,9 @@ SCENARIOS: frozenset[str] = frozenset(
         "tests/test_experiments.py::test_frey_recipe_runs_to_its_budget_with_a_log_spaced_curve",
         "tests/test_experiments.py::test_fig3_recipe_runs_each_algorithm_with_a_marginal_curve",
         "tests/test_figures.py::test_cli_writes_paper_figures_with_expected_panels",
+        "tests/test_figures.py::test_curves_come_from_learning_curve_json",
         # a long numerical check (fast: the linear-Gaussian case)
         "tests/test_hmc.py::test_appendix_d_estimator_against_quadrature_and_importance_sampling",
-        "tests/test_figures.py::test_curves_come_from_learning_curve_json",
         "tests/test_hparams.py::test_the_sweep_declares_the_swept_keys_and_the_jobs_fill_them",
         "tests/test_hparams.py::test_tensorboard_serves_the_swept_keys_as_the_columns",
         "tests/test_hparams.py::test_a_browser_shows_the_swept_keys_and_test_metrics",
