@@ -18,6 +18,102 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+#: Scenario tests, marked `scenario` here (one list; some of their files are edited often):
+#: whole runs through subprocesses (signals, kills and resumes, sweeps and launchers, DDP,
+#: recipes, notebooks, benchmarks), tens of seconds to minutes each on 2 cores. `pytest` leaves
+#: them out (`-m "not scenario"` in pyproject.toml's addopts), `pytest -m scenario` runs only
+#: them, CI (.ci/run) runs both. Every module keeps fast tests in the default run. A key is a
+#: file, `file::test` (every parametrization) or a full node id.
+SCENARIOS: frozenset[str] = frozenset(
+    {
+        "tests/test_benchmarks.py",
+        "tests/test_notebooks.py",
+        # test_checkpoints: one run each (fast: crash mid-write, old-release resume, restore)
+        "tests/test_checkpoints.py::test_last_ckpt_is_rewritten_every_epoch_and_at_the_end_of_training",
+        "tests/test_checkpoints.py::test_a_disk_that_fills_up_ends_in_one_line_and_keeps_loadable_checkpoints",
+        "tests/test_checkpoints.py::test_a_full_tmpdir_does_not_matter",
+        "tests/test_checkpoints.py::test_a_checkpoint_that_would_run_code_is_refused_in_one_line",
+        "tests/test_checkpoints.py::test_aevb_eval_of_a_corrupt_checkpoint_is_one_line",
+        "tests/test_checkpoints.py::test_load_run_refuses_a_checkpoint_of_another_config",
+        # test_ddp: two gloo processes per run (fast: the shards)
+        "tests/test_ddp.py::test_two_gloo_processes_and_only_rank_zero_writes",
+        "tests/test_ddp.py::test_samples_seen_counts_both_ranks_each_on_its_own_shard",
+        "tests/test_ddp.py::test_logged_test_metrics_equal_a_single_process_evaluation",
+        "tests/test_ddp.py::test_ddp_started_by_lightning_is_refused_inside_a_local_multirun",
+        "tests/test_ddp.py::test_metrics_record_device_precision_ranks_and_torch",
+        "tests/test_ddp.py::test_ranks_draw_different_training_noise_and_each_state_is_saved",
+        "tests/test_ddp.py::test_sharded_test_nll_equals_a_single_process_evaluation",
+        "tests/test_ddp.py::test_budget_samples_counts_every_rank",
+        "tests/test_ddp.py::test_a_resumed_ddp_run_continues_bit_exactly",
+        # test_devices: a run, and the console scripts' refusals (fast: the same checks)
+        "tests/test_devices.py::test_a_thinned_guard_stops_before_validating_or_checkpointing",
+        "tests/test_devices.py::test_unsupported_precision_fails_in_one_line_before_any_run",
+        "tests/test_devices.py::test_asking_for_a_gpu_without_one_is_one_line",
+        "tests/test_devices.py::test_slurm_with_all_devices_is_refused_in_one_line",
+        "tests/test_experiments.py::test_cfg_job_prints_the_recipe",
+        "tests/test_experiments.py::test_frey_recipe_runs_to_its_budget_with_a_log_spaced_curve",
+        "tests/test_experiments.py::test_fig3_recipe_runs_each_algorithm_with_a_marginal_curve",
+        "tests/test_figures.py::test_cli_writes_paper_figures_with_expected_panels",
+        "tests/test_figures.py::test_curves_come_from_learning_curve_json",
+        # a long numerical check (fast: the linear-Gaussian case)
+        "tests/test_hmc.py::test_appendix_d_estimator_against_quadrature_and_importance_sampling",
+        "tests/test_hparams.py::test_the_sweep_declares_the_swept_keys_and_the_jobs_fill_them",
+        "tests/test_hparams.py::test_tensorboard_serves_the_swept_keys_as_the_columns",
+        "tests/test_hparams.py::test_a_browser_shows_the_swept_keys_and_test_metrics",
+        "tests/test_lr_schedules.py::test_resumed_scheduled_run_matches_the_uninterrupted_run",
+        "tests/test_objectives.py::test_multirun_over_likelihoods_and_betas_records_each_jobs_settings",
+        "tests/test_reference_recipes.py::test_recipe_runs_a_few_steps",
+        "tests/test_reliability.py::test_console_script_exit_code_and_traceback_on_request[full_error]",
+        "tests/test_reliability.py::test_resume_after_sigkill_matches_the_uninterrupted_run",
+        "tests/test_resume.py::test_budget_run_resumed_from_an_epoch_end_checkpoint_matches_the_uninterrupted_run",
+        "tests/test_resume.py::test_run_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_result",
+        "tests/test_resume.py::test_run_stopped_by_sigterm_on_an_epochs_last_batch_resumes_to_the_same_weights",
+        # test_rundir: a finished run, concurrent launches, a re-run sweep (fast: names, paths)
+        "tests/test_rundir.py::test_launches_in_the_same_second_get_their_own_dirs",
+        "tests/test_rundir.py::test_a_dir_locked_by_another_process_is_refused_and_left_alone",
+        "tests/test_rundir.py::test_a_refused_attempt_modifies_nothing_of_the_existing_run",
+        "tests/test_rundir.py::test_a_checkpoint_of_other_data_is_refused_before_anything_is_created",
+        "tests/test_rundir.py::test_resume_auto_continues_the_same_run",
+        "tests/test_rundir.py::test_a_rerun_sweep_matches_jobs_by_overrides_not_numbers",
+        "tests/test_signals.py::test_a_signal_at_a_random_point_stops_in_seconds_and_resumes",
+        "tests/test_signals.py::test_a_sweep_stopped_by_sigterm_exits_143_and_its_summary_says_interrupted",
+        "tests/test_signals.py::test_a_joblib_sweep_stopped_by_sigterm_stops_every_job_resumably",
+        "tests/test_signals.py::test_aevb_eval_stops_within_a_batch",
+        "tests/test_step_size.py::test_cli_probes_selects_and_writes_table_and_recipe_file",
+        # test_sweeps: one multirun per launcher (fast: pickling, resume rules, sbatch flags)
+        "tests/test_sweeps.py::test_basic_launcher_grid",
+        "tests/test_sweeps.py::test_joblib_launcher_grid",
+        "tests/test_sweeps.py::test_submitit_local_launcher_grid",
+        "tests/test_sweeps.py::test_failed_point_does_not_stop_the_sweep",
+        "tests/test_sweeps.py::test_requeued_job_resumes_from_last_checkpoint",
+        "tests/test_sweeps.py::test_optuna_search_maximises_the_returned_val_elbo",
+        # test_train_cli: in-process in test_reliability's BAD_INPUTS
+        "tests/test_train_cli.py::test_bad_value_exits_nonzero_naming_the_key",
+        "tests/test_train_cli.py::test_wheel_ships_the_configs",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the SCENARIOS; a key naming a test its file does not define is a usage error."""
+    checked: set[str] = set()
+    for item in items:
+        file, _, name = item.nodeid.partition("::")
+        keys = (file, f"{file}::{name.split('[')[0]}", item.nodeid)
+        if any(key in SCENARIOS for key in keys):
+            item.add_marker(pytest.mark.scenario)
+        if file not in checked and isinstance(item, pytest.Function):
+            checked.add(file)
+            missing = [
+                key
+                for key in SCENARIOS
+                if key.startswith(f"{file}::")
+                and not hasattr(item.module, key.split("::")[1].split("[")[0])
+            ]
+            if missing:
+                raise pytest.UsageError(f"tests/conftest.py SCENARIOS: no such test: {missing}")
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array in the IDX format MNIST uses (magic 0x08 = ubyte, then dims)."""

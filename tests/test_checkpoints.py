@@ -132,6 +132,19 @@ def test_a_checkpoint_that_would_run_code_is_refused_in_one_line(
     assert not marker.exists()
 
 
+def test_loading_a_checkpoint_that_would_run_code_is_refused(tmp_path) -> None:
+    """The in-process half of the scenario above, on the stored 1-epoch checkpoint."""
+    marker = tmp_path / "pwned"
+    evil = _evil_copy(OLD_RUN / "checkpoints" / "last.ckpt", tmp_path / "evil.ckpt", marker)
+    with pytest.raises(checkpoints.CheckpointError, match="refused, it holds more than tensors"):
+        checkpoints.load(evil)
+    assert not marker.exists()
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(evil.read_bytes()[: evil.stat().st_size // 2])
+    with pytest.raises(checkpoints.CheckpointError, match="truncated or corrupt"):
+        checkpoints.load(truncated)
+
+
 def test_aevb_eval_of_a_corrupt_checkpoint_is_one_line(finished, tmp_path) -> None:
     run = tmp_path / "copy"
     shutil.copytree(finished, run)
@@ -152,13 +165,11 @@ def test_load_run_refuses_a_checkpoint_of_another_config(finished, data_root, tm
     assert runs.load_run(finished).model.hparams.beta == 1.0
 
 
-def test_load_run_and_summaries_name_a_metrics_json_that_is_not_an_object(
-    finished, tmp_path
-) -> None:
+def test_load_run_and_summaries_name_a_metrics_json_that_is_not_an_object(tmp_path) -> None:
     from aevb import summarize
 
     run = tmp_path / "copy"
-    shutil.copytree(finished, run)
+    shutil.copytree(OLD_RUN, run)
     (run / "metrics.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="metrics.json holds a JSON list, not an object"):
         runs.load_run(run)

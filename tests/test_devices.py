@@ -23,7 +23,7 @@ from torch import Tensor
 from aevb import metrics
 from aevb.config import ConfigError, budget_steps
 from aevb.data import EpochShuffle, ImageDataModule, binarize_once
-from aevb.devices import check_precision, runtime_record, slurm_tasks
+from aevb.devices import check_accelerator, check_precision, runtime_record, slurm_tasks
 from aevb.distributed import restore_rng_states
 from aevb.divergence import ACCELERATOR_EVERY, Diverged, DivergenceGuard
 from aevb.learning_curve import LearningCurve
@@ -311,6 +311,16 @@ def test_asking_for_a_gpu_without_one_is_one_line(data_root, tmp_path) -> None:
     proc = run_cli([str(tmp_path), "accelerator=gpu"], tmp_path, script="aevb.evaluate")
     assert proc.returncode == 2
     assert proc.stderr.startswith("aevb-eval: error: accelerator must be cpu or auto")
+
+
+@pytest.mark.skipif(bool(GPU), reason="this machine has a GPU")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_asked_for_without_one_is_a_config_error(accelerator: str) -> None:
+    """The check behind the scenario above, in-process."""
+    with pytest.raises(ConfigError, match="trainer.accelerator must be cpu or auto"):
+        check_accelerator(accelerator)
+    check_accelerator("cpu")
+    check_accelerator("auto")
 
 
 def _launcher(*overrides: str) -> dict:
