@@ -26,6 +26,11 @@ import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.accelerators import (
+    AcceleratorRegistry,
+    CUDAAccelerator,
+    MPSAccelerator,
+)
 from omegaconf import DictConfig, OmegaConf
 
 from aevb import checkpoints
@@ -65,7 +70,8 @@ def _as_floats(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, validate and test one configuration; returns the dict written to metrics.json."""
+    """Fit, validate and test one configuration (build -> fit -> record); returns the dict
+    written to metrics.json."""
     settings = Settings.from_cfg(cfg)  # raises ConfigError before any work
     check_trainer(cfg.trainer)
     check_accelerator(cfg.trainer.get("accelerator"))  # here, not in preflight: a login node
@@ -77,43 +83,42 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r".*sync_dist=True.*distributed setting.*")
     L.seed_everything(cfg.seed, workers=False, verbose=False)
 
+    # build
     datamodule = ImageDataModule(**settings.datamodule_kwargs())
     loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
     stop = StopOnSignal()  # SIGINT/SIGTERM: finish the batch, write last.ckpt, stop
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
-    if cfg.get("budget_samples") is not None:  # the paper's x-axis: training samples evaluated
-        steps = budget_steps(cfg.budget_samples, settings.data.batch_size)
+    steps = max_steps(cfg, settings, datamodule, trainer_kwargs)
+    if steps is not None:  # the paper's x-axis: training samples evaluated
         trainer_kwargs.update(max_steps=steps, max_epochs=-1)
     trainer = L.Trainer(
         **trainer_kwargs,
         logger=loggers or False,
-        callbacks=[*callbacks, stop],
+        callbacks=[*_instantiate_all(cfg.get("callbacks")), stop],
         plugins=[checkpoints.AtomicCheckpointIO(checkpoints.identity(cfg))],
         default_root_dir=str(run_dir),
     )
+    if steps is not None and trainer.world_size != planned_world_size(trainer_kwargs):
+        raise ConfigError(  # budget_samples counts the samples of every process
+            "trainer.devices",
+            f"devices that resolve to the {trainer.world_size} processes the trainer runs, "
+            "before it is built, with budget_samples",
+            trainer_kwargs.get("devices"),
+        )
     check_ddp_launch(trainer)
     datamodule.trainer = trainer
-    if trainer.is_global_zero:
-        datamodule.prepare_data()
     datamodule.setup("fit")
-    if cfg.get("budget_samples") is not None:  # now exact: N and the ranks are known
-        n_train, world = len(datamodule.train_images), trainer.world_size
-        steps = budget_steps(cfg.budget_samples, settings.data.batch_size, n_train, world)
-        trainer.fit_loop.epoch_loop.max_steps = steps  # what Trainer(max_steps=...) sets
     model_cls = ALGORITHMS[settings.model.algorithm]
     model = model_cls(**settings.model_kwargs(datamodule.data_shape, len(datamodule.train_images)))
-    if isinstance(model, MonteCarloEM):  # no bound: best.ckpt by the Appendix D estimate
-        if cfg.get("budget_samples") is not None:  # max_steps counts optimiser steps
-            trainer.fit_loop.epoch_loop.max_steps = steps * model.optimizer_steps_per_batch
-        if trainer.checkpoint_callback is not None:
-            trainer.checkpoint_callback.monitor = MCEM_MONITOR
+    if isinstance(model, MonteCarloEM) and trainer.checkpoint_callback is not None:
+        trainer.checkpoint_callback.monitor = MCEM_MONITOR  # no bound: the Appendix D estimate
     monitor = trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else "val/elbo"
     model.evaluation = EvaluationSettings(**settings.eval.test_evaluation())  # test/nll, ...
-
     ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(cfg.get("resume", "never"), run_dir)
     if ckpt_path is not None:
         check_checkpoint(ckpt_path, model, cfg)
+
+    # fit
     start = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -124,6 +129,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - start
     samples_seen = int(model.samples_seen)  # before testing a checkpoint reloads the buffer
 
+    # record: test the best checkpoint (and the final weights when they differ)
     ckpt = _checkpoint_callback(trainer)
     best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
     if best_path is not None and ckpt.best_model_score is None:  # resumed in a moved run dir:
@@ -169,6 +175,42 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_json_atomic(RunDir(run_dir).metrics, metrics)
         print(_summary(metrics, run_dir))
     return metrics
+
+
+def max_steps(
+    cfg: DictConfig, settings: Settings, datamodule: ImageDataModule, trainer_kwargs: dict
+) -> int | None:
+    """`Trainer(max_steps=...)` for `budget_samples` (training samples evaluated over all ranks,
+    the paper's x-axis; an epoch of N images ends with a partial step), or None without a
+    budget. MCEM takes `model.mcem.updates` optimiser steps (Lightning's global steps) per
+    minibatch."""
+    if cfg.get("budget_samples") is None:
+        return None
+    steps = budget_steps(
+        cfg.budget_samples,
+        settings.data.batch_size,
+        datamodule.train_size(),
+        planned_world_size(trainer_kwargs),
+    )
+    if settings.model.algorithm == "mcem":
+        steps *= settings.model.mcem_config().updates
+    return steps
+
+
+def planned_world_size(trainer_kwargs: dict[str, Any]) -> int:
+    """The processes (nodes x devices) a Trainer built from `trainer_kwargs` runs, resolved
+    with Lightning's Accelerator API as the Trainer resolves `accelerator` and `devices`."""
+    name = trainer_kwargs.get("accelerator", "auto")
+    if name in ("auto", "gpu"):  # Lightning's order: MPS, CUDA, then (auto) the CPU
+        gpus = {"mps": MPSAccelerator, "cuda": CUDAAccelerator}
+        name = next((n for n, gpu in gpus.items() if gpu.is_available()), "cpu")
+    kind = type(AcceleratorRegistry.get(name))
+    devices = trainer_kwargs.get("devices", "auto")
+    if devices == "auto":
+        devices = kind.auto_device_count()
+    return int(trainer_kwargs.get("num_nodes", 1)) * len(
+        kind.get_parallel_devices(kind.parse_devices(devices))
+    )
 
 
 def check_ddp_launch(trainer: L.Trainer) -> None:
