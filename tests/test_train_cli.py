@@ -10,13 +10,11 @@ import sys
 import zipfile
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from aevb import load_run
-from aevb.training import planned_world_size
 from aevb.vae import VAE
 
 from .conftest import REPO, run_cli, tiny_overrides
@@ -186,20 +184,3 @@ def test_help_is_hydras_own_text(tmp_path, args) -> None:
     assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
     assert "== Configuration groups ==" in ours.stdout and "experiment/paper: " in ours.stdout
     assert ours.stdout == theirs.stdout
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"accelerator": "cpu", "devices": 1},
-        {"accelerator": "cpu", "devices": 2},
-        {"accelerator": "cpu", "devices": 2, "num_nodes": 2},
-        {"accelerator": "cpu", "devices": "auto"},
-        {"accelerator": "auto", "devices": "auto"},
-        {"accelerator": "auto", "devices": 1},
-    ],
-)
-def test_planned_world_size_is_the_trainers(kwargs) -> None:
-    """The budget's steps are computed before the Trainer is built, for its world size."""
-    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
-    assert planned_world_size(kwargs) == L.Trainer(**kwargs, **quiet).world_size
