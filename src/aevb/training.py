@@ -50,7 +50,7 @@ from aevb.signals import SIGNALS, Interrupted
 from aevb.threads import apply_thread_share
 from aevb.vae import EvaluationSettings
 
-log = logging.getLogger("aevb.train")
+log = logging.getLogger("aevb.train")  # the name its log lines had before the split
 
 
 def _instantiate_all(node: DictConfig | None) -> list[Any]:
