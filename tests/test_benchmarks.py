@@ -49,3 +49,25 @@ def test_sweep_throughput_smoke(data_root) -> None:
     out = run_benchmark("sweep_throughput.py", data_root, options, timeout=600)
     assert "(a) one job alone" in out and "(b) 2-job joblib sweep" in out, out
     assert "goal 4: 2-job joblib sweep = " in out, out
+
+
+def test_cli_latency_smoke() -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "cli_latency.py"),
+            "--repeats",
+            "1",
+            "--only",
+            "train --help",
+            "train model.latent_dim=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "load average before: " in out and "wall s" in out and "cpu s" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("train ")]
+    assert len(rows) == 2 and all(row[-1] == "no" for row in rows), out  # torch not loaded

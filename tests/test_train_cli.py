@@ -127,3 +127,60 @@ def test_wheel_ships_the_configs(tmp_path) -> None:
     (wheel,) = tmp_path.glob("aevb-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"aevb/conf/train.yaml", "aevb/conf/data/mnist.yaml", "aevb/train.py"} <= names
+    assert "aevb/training.py" in names
+
+
+#: what the command line answers before it loads torch or Lightning
+LIGHT_COMMANDS = [
+    (["--help"], 0),
+    (["--cfg", "job"], 0),
+    (["model.latent_dim=0"], 2),
+    (["model.latnt_dim=3"], 2),
+    (["likelihood=poisson"], 2),
+    (["data.batch_size=0"], 2),
+]
+_PROBE = """
+import sys
+from aevb.train import main
+sys.argv = ["aevb-train", *sys.argv[1:]]
+try:
+    main()
+    code = 0
+except SystemExit as stop:
+    code = stop.code or 0
+heavy = sorted(m for m in ("torch", "lightning", "torchvision") if m in sys.modules)
+print("HEAVY", heavy, "CODE", code, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "code"), LIGHT_COMMANDS, ids=[" ".join(a) for a, _ in LIGHT_COMMANDS]
+)
+def test_help_cfg_and_refusals_load_neither_torch_nor_lightning(tmp_path, args, code) -> None:
+    """aevb.train checks and composes before the training code (aevb.training) is imported."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"HEAVY [] CODE {code}" in proc.stderr, proc.stderr[-2000:]
+    if code == 2:
+        assert proc.stderr.startswith("aevb-train: error: "), proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["model=conv", "--resolve", "--help"]])
+def test_help_is_hydras_own_text(tmp_path, args) -> None:
+    """The fast --help (aevb.preflight.app_help) prints exactly what Hydra's --help prints."""
+    hydra_help = "import sys; from aevb.train import _app; sys.argv[0] = 'train'; _app()"
+    ours, theirs = (
+        subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        for cmd in (
+            [sys.executable, "-m", "aevb.train", *args],
+            [sys.executable, "-c", hydra_help, *args],
+        )
+    )
+    assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert "== Configuration groups ==" in ours.stdout and "experiment/paper: " in ours.stdout
+    assert ours.stdout == theirs.stdout

@@ -169,7 +169,7 @@ class RunCheckpoint(ModelCheckpoint):
     last.ckpt is written where Lightning writes it, then, if it is older than the current step,
     where Lightning saves checkpoints (train-epoch end, or validation end when validation runs
     several times an epoch), at every train-epoch end, and at the end of fit (e.g. max_steps
-    reached mid-epoch, or a signal: `signals.StopOnSignal`).
+    reached mid-epoch, or a signal: `training.StopOnSignal`).
 
     `last_every_n_epochs` thins the epoch-end writes for runs of many tiny epochs (Frey Face:
     17 steps an epoch); the other writes stay.

@@ -408,8 +408,11 @@ class Settings:
                 raise ConfigError(name, "a config group", None)
             return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
-        likelihood = _build(LikelihoodConfig, "likelihood", group("likelihood"))
+        # torch-free checks first (a typo is refused before torch loads), then the likelihood's:
+        # constructing it and reading its support import torch
+        model = _build(ModelConfig, "model", group("model"))
         data = _build(DataConfig, "data", group("data"))
+        likelihood = _build(LikelihoodConfig, "likelihood", group("likelihood"))
         if (
             data.binarize == "auto"
         ):  # binary likelihoods get dynamic binarization, others grey levels
@@ -426,7 +429,6 @@ class Settings:
                 "likelihood.allow_nonbinary=true to fit grey levels with a cross-entropy",
                 data.binarize,
             )
-        model = _build(ModelConfig, "model", group("model"))
         schedule = (  # absent from the configs of runs made before the group existed
             _build(LRScheduleConfig, "lr_schedule", group("lr_schedule"))
             if "lr_schedule" in cfg

@@ -302,6 +302,16 @@ class ImageDataModule(L.LightningDataModule):
         with download_lock(self.root, self.name, self.download):
             return DATASETS[self.name](self.root, self.download)
 
+    def train_size(self) -> int:
+        """N, the training images `setup` keeps (after the validation split and `num_train`),
+        known before a trainer is attached: loads the raw data, as `prepare_data`."""
+        if self._loaded:
+            return len(self.train_images)
+        if self._raw is None:
+            self._raw = self._load()
+        rest = len(self._raw[0][0]) - self.val_size
+        return rest if self.num_train is None else min(self.num_train, rest)
+
     def setup(self, stage: str | None = None) -> None:
         if self._loaded:
             return

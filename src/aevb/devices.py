@@ -2,20 +2,23 @@
 
 `trainer.precision` is float32 only (`check_precision`): under 16-mixed the divergence guard
 would see scaled gradients, and importance log-weights in half precision lose 0.06-0.5 nat.
-The numerics policy (TF32, float64 sums) is in `aevb.numerics`.
+The numerics policy (TF32, float64 sums) is in `aevb.numerics`. The config checks and the
+SLURM resolvers load without torch (aevb-train's command-line check uses them); the functions
+that ask the hardware import torch when called.
 """
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
-import torch
 from omegaconf import ListConfig, OmegaConf
 
 from aevb.errors import ConfigError
+
+if TYPE_CHECKING:
+    import lightning as L
 
 #: trainer.precision values aevb accepts (Lightning's spellings of full float32)
 PRECISIONS = ("32-true", "32", 32)
@@ -41,6 +44,8 @@ def check_trainer(trainer: Mapping[str, Any]) -> None:
 
 def gpu_available(accelerator: str) -> bool:
     """Whether this machine has the device `accelerator` asks for."""
+    import torch
+
     if accelerator == "mps":
         return torch.backends.mps.is_available()
     if accelerator == "cuda":
@@ -51,6 +56,8 @@ def gpu_available(accelerator: str) -> bool:
 def check_accelerator(accelerator: Any, key: str = "trainer.accelerator") -> None:
     """One line instead of Lightning's traceback when a GPU is asked for on a machine without."""
     if accelerator in GPU_ACCELERATORS and not gpu_available(accelerator):
+        import torch
+
         raise ConfigError(
             key,
             f"cpu or auto on this machine ({platform.node()}: torch {torch.__version__} "
@@ -61,6 +68,8 @@ def check_accelerator(accelerator: Any, key: str = "trainer.accelerator") -> Non
 
 def runtime_record(trainer: L.Trainer) -> dict[str, Any]:
     """Where and how a run computed: recorded in metrics.json and eval.json."""
+    import torch
+
     device = trainer.strategy.root_device
     name = None
     if device.type == "cuda":

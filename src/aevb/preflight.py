@@ -5,19 +5,27 @@ multi-line message. `check_command_line` composes the config of every job of the
 line first (for a multirun: every swept value once) and, for a single run, also validates the
 values (aevb.config.Settings). In a multirun, bad *values* are left to the job that has them,
 so one bad point of a sweep fails alone and the others run.
+
+`app_help` answers `--help` with Hydra's own text, without Hydra's cost: Hydra lists the config
+groups through one copy of its whole config repository per group and option kind (seconds);
+the application's groups are the folders of its config dir, listed directly.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import string
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, flag_override
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from aevb.errors import ConfigError, one_line
@@ -63,6 +71,45 @@ def check_command_line(
                 except (ConfigError, ValueError) as err:
                     return str(err)
     return None
+
+
+def app_help(argv: Sequence[str], config_dir: str, config_name: str, task_name: str) -> str | None:
+    """Hydra's `--help` text for `argv` (the same text), or None: not asked for, or a case left
+    to Hydra (another config tree, an extra search path, a template with Hydra's own groups or
+    flags, a command line that does not compose)."""
+    args, _ = get_args_parser().parse_known_args(list(argv))
+    if not args.help or args.config_path or args.config_dir or args.config_name:
+        return None
+    try:
+        with initialize_config_dir(config_dir, version_base="1.3", job_name=task_name):
+            cfg = compose(config_name, list(args.overrides), return_hydra_config=True)
+        template = string.Template(cfg.hydra.help.template)
+    except (HydraException, OmegaConfBaseException):
+        return None
+    if cfg.hydra.searchpath or set(template.get_identifiers()) - {"APP_CONFIG_GROUPS", "CONFIG"}:
+        return None
+    HydraConfig.instance().set_config(cfg)  # as Hydra's app help: ${hydra:...} resolves
+    job = copy.deepcopy(cfg)  # the job's config only
+    with flag_override(job, ["struct", "readonly"], [False, False]):
+        del job["hydra"]
+    return template.substitute(
+        APP_CONFIG_GROUPS=_app_config_groups(Path(config_dir)),
+        CONFIG=OmegaConf.to_yaml(job, resolve=args.resolve),
+    )
+
+
+def _app_config_groups(root: Path) -> str:
+    """`group: option, ...` lines of every folder below `root` (but hydra/) that holds configs,
+    as Hydra's help lists them."""
+    lines = []
+    groups = (d.relative_to(root).as_posix() for d in root.rglob("*") if d.is_dir())
+    for group in sorted(g for g in groups if g.split("/")[0] != "hydra"):
+        if "__pycache__" in group.split("/"):
+            continue
+        options = sorted({f.stem for f in (root / group).glob("*.yaml") if f.is_file()})
+        if options:
+            lines.append(f"{group}: {', '.join(options)}\n")
+    return "".join(lines)
 
 
 def _jobs(overrides: list[str]) -> list[list[str]]:
