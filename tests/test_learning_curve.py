@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+from types import SimpleNamespace
+
 import pytest
 
+from aevb import signals
 from aevb.learning_curve import LearningCurve, log_grid
+from aevb.marginal_curve import MarginalCurve
 
 
 def test_log_grid_is_rounded_unique_and_ends_at_stop() -> None:
@@ -34,3 +39,20 @@ def test_next_after_is_the_next_grid_point_strictly_above() -> None:
 def test_bad_settings_are_refused_in_one_line(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LearningCurve(**kwargs)
+
+
+@pytest.mark.parametrize("stopping", [None, signal.SIGTERM], ids=["finished", "signal"])
+def test_end_of_training_point_is_skipped_when_a_signal_stops_the_fit(stopping) -> None:
+    """A fit ending at its budget gets a last curve point; one stopped by SIGINT/SIGTERM does
+    not (the resumed run continues from last.ckpt, whose curve state lacks it), so the stop
+    takes seconds instead of a whole evaluation (minutes for Fig. 3's Appendix D estimate)."""
+    model = SimpleNamespace(samples_seen=1234, samples_seen_host=1234)
+    for curve in (LearningCurve(start=100), MarginalCurve(every_samples=1000)):
+        evaluated = []
+        curve.evaluate = lambda trainer, module, seen=evaluated: seen.append(module)
+        signals.set_stopping(stopping)
+        try:
+            curve.on_train_end(SimpleNamespace(), model)
+        finally:
+            signals.set_stopping(None)
+        assert evaluated == ([] if stopping else [model]), type(curve).__name__

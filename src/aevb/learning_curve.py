@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from aevb import signals
 from aevb.atomic import write_json_atomic
 from aevb.callbacks import tensorboard_writer
 from aevb.data import binarize_once
@@ -190,6 +191,8 @@ class LearningCurve(L.Callback):
             self._next = self.next_after(samples)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if signals.stopping() is not None:  # stopped by a signal: the resumed run goes on
+            return  # from last.ckpt, whose curve state has no off-grid point; stop in seconds
         samples = _samples_seen(pl_module)
         if not self.points or self.points[-1]["samples"] != samples:
             self.evaluate(trainer, pl_module)

@@ -69,6 +69,22 @@ def raising() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+#: the signal that is stopping this process's training (`training.StopOnSignal`), or None
+_stopping: int | None = None
+
+
+def stopping() -> int | None:
+    """The signal a fit is stopping for, or None: end-of-training work that is not needed to
+    resume (a curve's off-grid last point) is skipped, so the stop takes seconds."""
+    return _stopping
+
+
+def set_stopping(signum: int | None) -> None:
+    """Record (or clear, with None) the signal the current fit stops for."""
+    global _stopping
+    _stopping = signum
+
+
 #: the signal this worker process received (`in_worker`): it then starts no further job
 _worker_signal: int | None = None
 

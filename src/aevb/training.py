@@ -33,7 +33,7 @@ from lightning.pytorch.accelerators import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from aevb import checkpoints
+from aevb import checkpoints, signals
 from aevb.atomic import write_json_atomic
 from aevb.callbacks import log_hparams
 from aevb.config import Settings, budget_steps
@@ -333,6 +333,7 @@ class StopOnSignal(L.Callback):
         if self.signum is not None or self._trainer is None:
             raise Interrupted(signum)
         self.signum = signum
+        signals.set_stopping(signum)
         self._trainer.should_stop = True
         name = signal.Signals(signum).name
         print(
@@ -349,6 +350,7 @@ class StopOnSignal(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trainer = trainer
+        signals.set_stopping(None)
         self._previous = {s: signal.getsignal(s) for s in SIGNALS}
         for s in SIGNALS:
             signal.signal(s, self._handle)
