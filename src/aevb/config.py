@@ -469,10 +469,8 @@ class Settings:
             "optim": self.optim.kwargs(num_train),
         }
         if self.model.algorithm != "mcem":  # MCEM: no schedule (it steps its optimiser itself)
-            from aevb.epoch_metrics import EvaluationSettings  # torch: only to build a model
-
             kwargs["lr_schedule"] = self.lr_schedule.kwargs()  # and no test/nll (no encoder)
-            kwargs["evaluation"] = EvaluationSettings(**self.eval.test_evaluation())
+            kwargs["evaluation"] = self.eval.test_evaluation()  # EvaluationSettings' kwargs
         return kwargs
 
     def hparams(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ optimiser, and logs `{train,val,test}/{elbo,recon,kl,loss}` in nats per datapoin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -93,10 +93,12 @@ class VAE(TestPrefix, RankStreams, L.LightningModule):
         free_bits: float = 0.0,
         optim: dict[str, Any] | None = None,
         lr_schedule: dict[str, Any] | None = None,
-        evaluation: EvaluationSettings | None = None,
+        evaluation: EvaluationSettings | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["evaluation"])
+        if isinstance(evaluation, Mapping):  # as the config passes it (no torch in aevb.config)
+            evaluation = EvaluationSettings(**evaluation)
         self.evaluation = evaluation or EvaluationSettings()
         self.data_shape = tuple(data_shape)
         lik = dict(likelihood or {"name": "bernoulli"})
