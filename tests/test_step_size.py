@@ -12,7 +12,17 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from aevb.config import Settings
-from aevb.step_size import Probe, Score, StepSizeError, recipe_grid, score, select, to_yaml
+from aevb.step_size import (
+    Grid,
+    Probe,
+    Score,
+    StepSizeError,
+    recipe_grid,
+    score,
+    select,
+    to_markdown,
+    to_yaml,
+)
 from aevb.train import config_dir
 
 from .conftest import run_cli
@@ -36,17 +46,19 @@ def test_select_takes_the_best_training_bound_per_algorithm_and_nz() -> None:
 
 
 def test_generated_table_drives_the_recipes_lr() -> None:
-    text = to_yaml("paper_fig2_mnist", "mnist", 1000, {"aevb": {3: 0.02}, "wake_sleep": {3: 0.1}})
+    grid = Grid("mnist", "model.latent_dim", [3], ["aevb", "wake_sleep"], marginal=False)
+    text = to_yaml("paper_fig2_mnist", grid, 1000, {"aevb": {3: 0.02}, "wake_sleep": {3: 0.1}})
     table = OmegaConf.create(text)
     assert table.paper_step_size.probe_samples == 1000
     assert table.paper_step_size.wake_sleep.nz3 == 0.1
     # the committed tables cover every (algorithm, Nz) the Fig. 2 recipes sweep, MNIST Nz = 2 too
     for recipe, extra in (("paper_fig2_mnist", [2]), ("paper_fig2_frey", [])):
-        data, latents, algorithms = recipe_grid(recipe)
+        grid = recipe_grid(recipe)
+        assert grid.key == "model.latent_dim" and not grid.marginal
         committed = OmegaConf.load(Path(config_dir()) / "experiment" / "paper"
-                                   / f"step_size_{data}.yaml").paper_step_size  # fmt: skip
-        for algo in algorithms:
-            for nz in latents + extra:
+                                   / f"{grid.stem}.yaml").paper_step_size  # fmt: skip
+        for algo in grid.algorithms:
+            for nz in grid.values + extra:
                 with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
                     cfg = compose("train", [f"+experiment={recipe}", f"model.algorithm={algo}",
                                             f"model.latent_dim={nz}"])  # fmt: skip
@@ -55,6 +67,36 @@ def test_generated_table_drives_the_recipes_lr() -> None:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             cfg = compose("train", [f"+experiment={recipe}", "optim.lr=0.05"])
         assert Settings.from_cfg(cfg).optim.lr == 0.05  # an explicit step size wins
+
+
+def test_fig3_is_selected_per_algorithm_and_training_set_size_by_the_marginal_likelihood(
+    tmp_path: Path,
+) -> None:
+    """Fig. 3 sweeps N_train, includes MCEM (no bound) and scores every probe by the Appendix D
+    log p(x) of the training points; its table drives the Fig. 3 recipe's step size."""
+    grid = recipe_grid("paper_fig3")
+    assert (grid.key, grid.values, grid.marginal) == ("data.num_train", [1000, 50000], True)
+    assert grid.algorithms == ["aevb", "wake_sleep", "mcem"] and grid.stem == "step_size_fig3"
+    probe = grid.probes([0.02])[-1]
+    assert probe.name == "mcem_n50000_lr0.02"
+    assert probe.overrides == ["model.algorithm=mcem", "data.num_train=50000"]
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "completed", "samples_seen": 100}))
+    points = [{"samples": 0, "train_log_px": -543.0}, {"samples": 100, "train_log_px": -150.5}]
+    (tmp_path / "marginal_curve.json").write_text(json.dumps({"points": points}))
+    assert score(tmp_path, probe, 100, marginal=True) == Score(probe, -150.5)
+    chosen = {"aevb": {1000: 0.02, 50000: 0.1}, "mcem": {1000: 0.01, 50000: 0.01}}
+    table = OmegaConf.create(to_yaml("paper_fig3", grid, 100, chosen)).paper_fig3_step_size
+    assert table.aevb.n50000 == 0.1 and table.mcem.n1000 == 0.01
+    text = to_markdown(grid, 100, [Score(probe, -150.5)], chosen)
+    assert "| algorithm | N_train |" in text and "log p(x)" in text
+    committed = OmegaConf.load(Path(config_dir()) / "experiment" / "paper" / "step_size_fig3.yaml")
+    for algo in grid.algorithms:
+        for n in grid.values:
+            with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+                cfg = compose("train", ["+experiment=paper_fig3", f"model.algorithm={algo}",
+                                        f"data.num_train={n}"])  # fmt: skip
+            lr = Settings.from_cfg(cfg).optim.lr
+            assert lr == committed.paper_fig3_step_size[algo][f"n{n}"] and lr in (0.01, 0.02, 0.1)
 
 
 def test_an_nz_without_a_selected_step_size_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -67,6 +109,7 @@ def test_an_nz_without_a_selected_step_size_is_refused_in_one_line(tmp_path: Pat
 
 def test_score_reads_the_last_training_bound_and_divergence(tmp_path: Path) -> None:
     probe = Probe("aevb", 2, 0.1)
+    assert probe.name == "aevb_nz2_lr0.1"  # probe dirs of earlier selections keep their names
     assert score(tmp_path, probe, 100) is None  # not run yet
     (tmp_path / "metrics.json").write_text(json.dumps({"status": "completed", "samples_seen": 100}))
     points = [{"samples": 100, "train_elbo": -150.0}, {"samples": 50, "train_elbo": -170.0}]
