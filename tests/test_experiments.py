@@ -206,6 +206,7 @@ def fig3_sweep(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     args = ["-m", "+experiment=paper_fig3", f"data.root={data_root}", "data.download=false",
             "data.val_size=100", "data.batch_size=50", "data.eval_batch_size=100",
             "data.num_train=200", "model.algorithm=aevb,wake_sleep,mcem",
+            "optim.lr=0.1",  # step sizes are selected for N_train in {1000, 50000} only
             "model.hidden_dims=[16]", "budget_samples=400", "trainer=cpu",
             "trainer.val_check_interval=6",  # > 4 batches per epoch, as the recipe's 10^4
             "trainer.enable_progress_bar=false",
