@@ -40,7 +40,6 @@ from typing import Any, ClassVar, overload
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from aevb import checkpoints
 from aevb.errors import CheckpointError, ConfigError, RunDirError, one_line
 
 log = logging.getLogger("aevb.rundir")
@@ -210,6 +209,8 @@ def check_ckpt_path(cfg: DictConfig) -> None:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None:
         try:
+            from aevb import checkpoints  # torch and Lightning: only when resuming
+
             ckpt = checkpoints.load(ckpt_path)
             checkpoints.check_identity(cfg, ckpt, ckpt_path, run_config_of(ckpt_path))
         except CheckpointError as err:
@@ -232,6 +233,8 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
             f"(it needs {last_checkpoint(run_dir).relative_to(run_dir)}), or choose a new "
             "hydra.run.dir (the default outputs/<date>/<time> is new for every launch)"
         )
+    from aevb import checkpoints  # torch and Lightning: only for a run dir in use
+
     diff = checkpoints.difference(
         checkpoints.identity(OmegaConf.load(old_config)), checkpoints.identity(cfg)
     )
