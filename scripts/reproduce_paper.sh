@@ -9,20 +9,24 @@
 # script skips completed runs (in OUT or already copied to docs/reproduction/runs) and resumes
 # interrupted ones from their last.ckpt (resume=auto), so the reproduction can be done piecemeal,
 # across sessions.
-# A session may end on a machine whose outputs/ the next session does not get (a new checkout):
-# `--park` stores each unfinished run's resume state (last.ckpt, best.ckpt, learning curve,
-# config; about 6 MB per Frey run) under docs/reproduction/parked/ to be committed, and a launch
-# restores parked runs missing from OUT before resuming them. TensorBoard event files are not
-# parked: a restored run's TensorBoard curves start where it was restored.
+# Run dirs and checkpoints stay out of git. Where OUT does not survive between sessions (a
+# scratch disk, a new machine), `--park` copies each unfinished run's resume state (last.ckpt,
+# best.ckpt, learning curve, config; about 6 MB per Frey run) to $AEVB_PARK_DIR, storage that
+# does survive, and a launch with AEVB_PARK_DIR set restores parked runs missing from OUT before
+# resuming them. TensorBoard event files are not parked.
 #   scripts/reproduce_paper.sh [DATA_ROOT] [BUDGET] [OUT] [JOBS]
 #   scripts/reproduce_paper.sh --sync [OUT]     copies + figures of the runs so far (partial too)
-#   scripts/reproduce_paper.sh --park [OUT]     --sync, then park the unfinished runs
+#   AEVB_PARK_DIR=DIR scripts/reproduce_paper.sh --park [OUT]   --sync, then park unfinished runs
 set -euo pipefail
 sync_only=false park=false
 if [ "${1:-}" = "--sync" ] || [ "${1:-}" = "--park" ]; then
     sync_only=true; [ "$1" = "--park" ] && park=true; shift; out=${1:-outputs/reproduction}
 fi
-parked=docs/reproduction/parked
+parked=${AEVB_PARK_DIR:-}
+if $park && [ -z "$parked" ]; then
+    echo "reproduce_paper.sh: --park needs AEVB_PARK_DIR (a directory outside the repository)" >&2
+    exit 2
+fi
 root=${1:-../shared/data}
 budget=${2:-100000000}
 out=${out:-${3:-outputs/reproduction}}
@@ -50,6 +54,7 @@ sys.exit(last(sys.argv[1]) <= last(sys.argv[2]))" "$dest/learning_curve.json" "$
 park() {
     # The resume state of every run without a completed metrics.json; a completed run's parked
     # state is dropped (its curve and metrics are in docs/reproduction/runs).
+    mkdir -p "$parked"
     for run in "$out"/*/; do
         name=$(basename "$run")
         [ -f "$run/checkpoints/last.ckpt" ] || continue
@@ -66,6 +71,7 @@ park() {
     done
 }
 restore() {
+    [ -n "$parked" ] || return 0
     for state in "$parked"/*/; do
         [ -d "$state" ] || continue
         name=$(basename "$state")
