@@ -68,14 +68,14 @@ class Probe:
     Nz (Fig. 2) or N_train (Fig. 3, `key="data.num_train"`)."""
 
     algorithm: str
-    latent_dim: int  # the value of `key`
+    value: int  # of `key`: Nz or N_train
     lr: float
     key: str = "model.latent_dim"
 
     @property
     def label(self) -> str:
         """`nz20`, `n1000`: the entry of the generated table."""
-        return f"{SWEPT_KEYS[self.key]}{self.latent_dim}"
+        return f"{SWEPT_KEYS[self.key]}{self.value}"
 
     @property
     def name(self) -> str:
@@ -83,7 +83,7 @@ class Probe:
 
     @property
     def overrides(self) -> list[str]:
-        return [f"model.algorithm={self.algorithm}", f"{self.key}={self.latent_dim}"]
+        return [f"model.algorithm={self.algorithm}", f"{self.key}={self.value}"]
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def select(scores: Sequence[Score]) -> dict[str, dict[int, float]]:
     """Best step size per (algorithm, Nz or N_train); ties go to the smaller step size."""
     best: dict[tuple[str, int], Score] = {}
     for s in sorted(scores, key=lambda s: s.probe.lr):
-        key = (s.probe.algorithm, s.probe.latent_dim)
+        key = (s.probe.algorithm, s.probe.value)
         if key not in best or s.train_elbo > best[key].train_elbo:
             best[key] = s
     chosen: dict[str, dict[int, float]] = {}
@@ -248,7 +248,7 @@ def to_yaml(recipe: str, grid: Grid, samples: int, chosen: dict[str, dict[int, f
 def to_markdown(grid: Grid, samples: int, scores: Sequence[Score], chosen: dict) -> str:
     """The selection table: training score of every probe, the chosen one in bold."""
     lrs = sorted({s.probe.lr for s in scores})
-    by = {(s.probe.algorithm, s.probe.latent_dim, s.probe.lr): s for s in scores}
+    by = {(s.probe.algorithm, s.probe.value, s.probe.lr): s for s in scores}
     column = "N_train" if grid.key == "data.num_train" else "Nz"
     head = f"| algorithm | {column} | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |"
     rows = [head, "|" + "---|" * (len(lrs) + 3)]
