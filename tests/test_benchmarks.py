@@ -71,3 +71,17 @@ def test_cli_latency_smoke() -> None:
     assert "load average before: " in out and "wall s" in out and "cpu s" in out
     rows = [line.split() for line in out.splitlines() if line.startswith("train ")]
     assert len(rows) == 2 and all(row[-1] == "no" for row in rows), out  # torch not loaded
+
+
+def test_step_cost_smoke(data_root) -> None:
+    options = (
+        "--recipe default --steps 24 --chunk 6 data.val_size=100 data.batch_size=50 "
+        "model.hidden_dims=[16] model.latent_dim=2 trainer=cpu eval.iw_samples=10 "
+        "eval.iwae_ks=[1,5]"
+    )
+    out = run_benchmark("step_cost.py", data_root, options)
+    for row in ("bare-hand", "bare-aevb", "aevb "):
+        assert row in out, out
+    steps = {line.split()[0]: int(line.split()[1]) for line in out.splitlines()[-4:-1]}
+    assert steps["aevb"] >= 24 and steps["bare-aevb"] == steps["bare-hand"] > 0, out
+    assert "goal 1: aevb-train = " in out, out

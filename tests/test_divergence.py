@@ -47,3 +47,23 @@ def test_finite_steps_pass_and_bad_settings_are_refused() -> None:
         ValueError, match="check_every_n_steps must be >= 1 or null \\(auto\\), got 0"
     ):
         DivergenceGuard(check_every_n_steps=0)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_a_non_finite_gradient_is_named_after_finite_terms(every: int) -> None:
+    weight = torch.nn.Parameter(torch.ones(3))
+    weight.grad = torch.tensor([0.5, float("inf"), 1.0])
+    guard = DivergenceGuard(check_every_n_steps=every)
+    guard._params = [weight]
+    trainer = SimpleNamespace(global_step=3, current_epoch=1, world_size=1)
+    module = SimpleNamespace(last_terms={"recon": torch.tensor([-5.0]), "kl": torch.tensor([1.0])})
+    with pytest.raises(Diverged) as err:
+        guard.on_before_optimizer_step(trainer, module, None)  # type: ignore[arg-type]
+    assert (err.value.step, err.value.term) == (3, "gradient")
+    weight.grad = torch.tensor([0.5, 2.0, 1.0])  # finite: the next step passes
+    module.last_terms["kl"] = torch.tensor([float("nan")])
+    fresh = DivergenceGuard(check_every_n_steps=every)
+    fresh._params = [weight]
+    with pytest.raises(Diverged) as err:
+        fresh.on_before_optimizer_step(trainer, module, None)  # type: ignore[arg-type]
+    assert err.value.term == "kl"

@@ -30,8 +30,9 @@ class DivergenceGuard(L.Callback):
     """Raise `Diverged` when the step's recon/KL terms or the gradient norm are not finite.
 
     Reads the module's `last_terms` ({name: Tensor} of the step's loss terms, set by the
-    LightningModule) and the gradients. Every step's non-finite flags are OR-ed into one flag
-    tensor on the device (no host sync). A fused optimizer (`optim.fused=true`, the default)
+    LightningModule) and the gradients, in one fused norm pass. Every step's non-finite flags
+    are OR-ed into one flag tensor on the device (no host sync); a single process that checks
+    every step (the CPU default) reads the step's flag at once instead. A fused optimizer (`optim.fused=true`, the default)
     is handed the step's flag as `found_inf`, as torch's GradScaler does, so it skips that
     step's update on the device: no non-finite update is ever applied, whatever the interval.
     Every `check_every_n_steps`-th step, before validation and before any checkpoint is
@@ -66,21 +67,32 @@ class DivergenceGuard(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         terms: dict[str, Tensor] = dict(getattr(pl_module, "last_terms", None) or {})
-        if self.check_grads:
-            grads = [p.grad for p in getattr(self, "_params", ()) if p.grad is not None]
-            if grads:
-                terms["gradient"] = torch.stack(torch._foreach_norm(grads))
-        if terms:
-            bad = torch.stack([~torch.isfinite(t).all() for t in terms.values()])
-            if self._flags is None or list(terms) != self._names:
-                self._names = list(terms)
-                self._flags = torch.zeros_like(bad)  # so a first step already bad is "fresh"
-                self._first = torch.full_like(bad, -1, dtype=torch.long)
-            fresh = bad & ~self._flags
-            self._first = torch.where(fresh, trainer.global_step, self._first)
-            self._flags = self._flags | bad
-            if optimizer is not None and _skips_on_device(optimizer):
-                optimizer.found_inf = bad.any().float()  # read by the fused step: skip it
+        grads = [p.grad for p in getattr(self, "_params", ()) if p.grad is not None]
+        grads = grads if self.check_grads else []
+        if not terms and not grads:
+            return
+        # one fused pass: a tensor is non-finite iff its L2 norm is (norms beyond float32's
+        # range, ~1e19 per element, count as diverged too)
+        finite = torch.isfinite(torch.stack(torch._foreach_norm([*terms.values(), *grads])))
+        names = [*terms, *(["gradient"] if grads else [])]
+        if self.every == 1 and trainer.world_size == 1:  # checked now: nothing to accumulate
+            if not bool(finite.all()):  # the one host sync (free on a CPU)
+                first = int((~finite).nonzero()[0])
+                raise Diverged(
+                    trainer.global_step, trainer.current_epoch, names[min(first, len(terms))]
+                )
+            return
+        n = len(terms)
+        bad = ~torch.cat([finite[:n], finite[n:].all().unsqueeze(0)]) if grads else ~finite
+        if self._flags is None or names != self._names:
+            self._names = names
+            self._flags = torch.zeros_like(bad)  # so a first step already bad is "fresh"
+            self._first = torch.full_like(bad, -1, dtype=torch.long)
+        fresh = bad & ~self._flags
+        self._first = torch.where(fresh, trainer.global_step, self._first)
+        self._flags = self._flags | bad
+        if optimizer is not None and _skips_on_device(optimizer):
+            optimizer.found_inf = bad.any().float()  # read by the fused step: skip it
         if trainer.global_step % self.every == 0:
             self.check(trainer)
 

@@ -1,0 +1,248 @@
+"""Cost of one optimisation step: aevb-train against bare eager loops, interleaved in one run.
+
+Issue 20, goal 1: per optimisation step, `aevb-train` (Lightning, TensorBoard logging,
+checkpoints and the divergence guard on) should cost no more than a bare eager PyTorch loop of
+the same maths. Three paths train the same recipe on the same data in one process:
+  aevb       the composed `aevb-train` config through `aevb.training.train` (the learning
+             curves off; validation time is not counted),
+  bare-aevb  a plain loop over index slices of the training tensor (dynamic binarization as
+             1[U < p] when the recipe binarizes) that calls aevb's own module (`elbo_terms`,
+             `loss`) with the same optimizer: what is left of aevb without the framework,
+  bare-hand  the same loop over a hand-written MLP VAE (one Linear per layer, closed-form
+             Bernoulli or Gaussian log-density and KL): pytorch/examples' style of the maths.
+The bare loops run inside the aevb fit, `--chunk` steps each after every `--chunk` aevb steps,
+so all three see the same machine state (load, caches, turbo) and the ratios hold on a busy
+machine; each path's time is the sum of its chunks over the steps it took.
+
+    python benchmarks/step_cost.py --data-root ../shared/data --recipe paper_mnist --steps 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table  # noqa: E402
+
+#: aevb-train overrides per recipe (plus data.root, the budget and the evaluation callbacks off)
+RECIPES = {
+    "default": [],
+    "paper_mnist": ["+experiment=paper_fig2_mnist", "model.latent_dim=20"],
+    "paper_frey": ["+experiment=paper_fig2_frey", "model.latent_dim=20"],
+}
+#: callbacks that evaluate on a grid of sample counts (not per-step costs); image grids stay on
+EVALUATION_CALLBACKS = ("learning_curve", "marginal_curve")
+
+
+#: the hand-written model's shape, from the composed config
+HAND_SPEC: dict[str, object] = {}
+
+
+class HandVAE(nn.Module):
+    """An MLP VAE written out by hand: D-H-2Z encoder, Z-H-(P*D) decoder, analytic KL."""
+
+    def __init__(self, dims: int, hidden: int, latent: int, act: str, gaussian: bool) -> None:
+        super().__init__()
+        self.act = {"tanh": torch.tanh, "relu": F.relu}[act]
+        self.gaussian = gaussian
+        self.enc1, self.enc2 = nn.Linear(dims, hidden), nn.Linear(hidden, 2 * latent)
+        self.dec1 = nn.Linear(latent, hidden)
+        self.dec2 = nn.Linear(hidden, (2 if gaussian else 1) * dims)
+
+    def loss(self, x: Tensor) -> Tensor:
+        """-ELBO per datapoint (estimator B, one z per datapoint), nats."""
+        mu, logvar = self.enc2(self.act(self.enc1(x))).chunk(2, -1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        out = self.dec2(self.act(self.dec1(z)))
+        if self.gaussian:
+            mean, log_var = out.chunk(2, -1)
+            mean = torch.sigmoid(mean)
+            nll = 0.5 * (log_var + (x - mean).pow(2) * torch.exp(-log_var) + 1.8378770664093453)
+            nll = nll.sum()
+        else:
+            nll = F.binary_cross_entropy_with_logits(out, x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        return (nll + kl) / x.shape[0]
+
+
+class Interleave(L.Callback):
+    """Times aevb's training steps and runs the bare loops' chunks between them."""
+
+    #: the instance the fit used (Hydra builds it from the config)
+    last: Interleave | None = None
+
+    def __init__(self, chunk: int) -> None:
+        self.chunk = chunk
+        Interleave.last = self
+        self.times: dict[str, float] = {"aevb": 0.0, "bare-aevb": 0.0, "bare-hand": 0.0}
+        self.steps: dict[str, int] = dict.fromkeys(self.times, 0)
+        self.chunks: dict[str, list[float]] = {k: [] for k in self.times}
+        self._since: float | None = None
+        self._step0 = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        self.images = dm.train_images  # [N, C, H, W]
+        self.binarize = dm.binarize == "dynamic"
+        opt = trainer.optimizers[0]
+        clone = type(pl_module)(**pl_module.hparams).to(pl_module.device)
+        clone.load_state_dict(pl_module.state_dict())
+        hand = HandVAE(**HAND_SPEC).to(pl_module.device)
+        self.bare = {
+            "bare-aevb": (clone, type(opt)(clone.parameters(), **opt.defaults)),
+            "bare-hand": (hand, type(opt)(hand.parameters(), **opt.defaults)),
+        }
+        self.batch = trainer.datamodule.batch_size
+        self.gen = torch.Generator(device=pl_module.device).manual_seed(0)
+        self._resume(trainer)
+
+    def _resume(self, trainer: L.Trainer) -> None:
+        self._since, self._step0 = time.perf_counter(), trainer.global_step
+
+    def _pause(self, trainer: L.Trainer) -> None:
+        if self._since is not None:
+            elapsed = time.perf_counter() - self._since
+            steps = trainer.global_step - self._step0
+            self.times["aevb"] += elapsed
+            self.steps["aevb"] += steps
+            if steps:
+                self.chunks["aevb"].append(elapsed / steps)
+        self._since = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step - self._step0 < self.chunk or self._since is None:
+            return
+        self._pause(trainer)
+        with torch.enable_grad():
+            for name in ("bare-aevb", "bare-hand"):
+                self._bare_chunk(name)
+        self._resume(trainer)
+
+    def _bare_chunk(self, name: str) -> None:
+        model, opt = self.bare[name]
+        x_all, n = self.images, len(self.images)
+        start = time.perf_counter()
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(len(self.chunks[name])))
+        order = order.to(x_all.device)
+        for i in range(self.chunk):
+            j = (i * self.batch) % (n - self.batch + 1)
+            x = x_all.index_select(0, order[j : j + self.batch])
+            if self.binarize:
+                x = (torch.rand(x.shape, generator=self.gen, device=x.device) < x).to(x.dtype)
+            if name == "bare-aevb":
+                loss = model.loss(model.elbo_terms(x))
+            else:
+                loss = model.loss(x.flatten(1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        elapsed = time.perf_counter() - start
+        self.times[name] += elapsed
+        self.steps[name] += self.chunk
+        self.chunks[name].append(elapsed / self.chunk)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pause(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._resume(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._pause(trainer)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data-root", required=True, help="folder holding MNIST/ and FreyFace/")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="paper_mnist")
+    p.add_argument("--steps", type=int, default=3000, help="aevb optimisation steps")
+    p.add_argument("--chunk", type=int, default=250, help="steps per interleaved chunk")
+    p.add_argument("overrides", nargs="*", help="extra aevb-train overrides")
+    args = p.parse_args()
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from aevb.train import config_dir
+    from aevb.training import train
+
+    base = [
+        *RECIPES[args.recipe],
+        f"data.root={args.data_root}",
+        "data.download=false",
+        *args.overrides,
+    ]
+    with initialize_config_dir(config_dir(), version_base="1.3", job_name="step_cost"):
+        probe = compose("train", overrides=base)
+    batch = probe.data.batch_size
+    present = [c for c in EVALUATION_CALLBACKS if probe.callbacks.get(c) is not None]
+    overrides = [
+        *base,
+        f"budget_samples={args.steps * batch}",
+        "trainer.enable_progress_bar=false",
+        *(f"callbacks.{c}=null" for c in present),
+        "+callbacks.step_cost._target_=__main__.Interleave",
+        f"+callbacks.step_cost.chunk={args.chunk}",
+    ]
+    with initialize_config_dir(config_dir(), version_base="1.3", job_name="step_cost"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    gaussian = cfg.likelihood.name.startswith("gaussian")
+    dims = {"mnist": 784, "fashion_mnist": 784, "frey_face": 560}[cfg.data.name]
+    spec = {
+        "dims": dims,
+        "hidden": cfg.model.hidden_dims[0],
+        "latent": cfg.model.latent_dim,
+        "act": cfg.model.activation,
+        "gaussian": gaussian,
+    }
+    HAND_SPEC.update(spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.hydra.runtime.output_dir = tmp
+        HydraConfig.instance().set_config(cfg)
+        train(cfg)
+    timer = Interleave.last
+    assert timer is not None
+    rows = []
+    base_ms = 1e3 * timer.times["bare-aevb"] / timer.steps["bare-aevb"]
+    hand_ms = 1e3 * timer.times["bare-hand"] / timer.steps["bare-hand"]
+    for name in ("bare-hand", "bare-aevb", "aevb"):
+        ms = 1e3 * timer.times[name] / max(timer.steps[name], 1)
+        rows.append(
+            {
+                "path": name,
+                "steps": timer.steps[name],
+                "ms/step": ms,
+                "median chunk ms": 1e3 * statistics.median(timer.chunks[name] or [0.0]),
+                "x bare-hand": ms / hand_ms,
+                "x bare-aevb": ms / base_ms,
+            }
+        )
+    print(
+        f"recipe {args.recipe}: batch {batch}, {torch.get_num_threads()} threads "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), chunks of "
+        f"{args.chunk} steps interleaved, load average {os.getloadavg()[0]:.1f}"
+    )
+    print_table(rows, list(rows[0]))
+    aevb = rows[-1]
+    print(
+        f"goal 1: aevb-train = {aevb['x bare-aevb']:.2f}x the bare loop of aevb's maths, "
+        f"{aevb['x bare-hand']:.2f}x the hand-written loop (per optimisation step; goal <= 1.0)"
+    )
+
+
+if __name__ == "__main__":
+    main()
