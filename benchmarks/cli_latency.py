@@ -35,7 +35,11 @@ COMMANDS = {
     "train model.latnt_dim=3": ("aevb-train", ["model.latnt_dim=3"], 2),
     "train --cfg job": ("aevb-train", ["--cfg", "job"], 0),
     "eval --help": ("aevb-eval", ["--help"], 0),
+    "eval /no/such/run": ("aevb-eval", ["/no/such/run"], 2),
+    "eval . eval.iw_samples=-1": ("aevb-eval", [".", "eval.iw_samples=-1"], 2),
     "figures --help": ("aevb-figures", ["--help"], 0),
+    "figures /no/such/dir": ("aevb-figures", ["/no/such/dir"], 2),
+    "figures --axes wide .": ("aevb-figures", ["--axes", "wide", "."], 2),
     "summarize --help": ("aevb-summarize", ["--help"], 0),
     "step-size --help": ("aevb-step-size", ["--help"], 0),
 }

@@ -194,6 +194,40 @@ def run_cli(
     )
 
 
+#: modules a command line must answer without (what made `--help` take seconds)
+HEAVY_MODULES = ("torch", "lightning", "torchvision", "matplotlib")
+_LIGHT_PROBE = """
+import importlib, json, sys
+module = importlib.import_module(sys.argv[1])
+sys.argv = sys.argv[1:]
+try:
+    module.main()
+    code = 0
+except SystemExit as stop:
+    code = stop.code or 0
+print("\\nPROBE " + json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def run_main_probe(module: str, args: list[str], cwd: Path) -> tuple[int, list[str], str, str]:
+    """Run `module.main()` on `args` in a fresh interpreter: (exit status, the HEAVY_MODULES it
+    imported, stdout, stderr without the probe's own line)."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIGHT_PROBE, module, *args],
+        cwd=cwd,
+        env={**env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    stderr, _, probe = proc.stderr.rpartition("\nPROBE ")
+    assert probe, proc.stderr[-2000:]  # the probe's line is missing: main() crashed
+    result = json.loads(probe)
+    heavy = [m for m in HEAVY_MODULES if m in result["modules"]]
+    return result["code"], heavy, proc.stdout, stderr.strip()
+
+
 def interrupt_resume_compare(
     tmp_path: Path,
     common: list[str],

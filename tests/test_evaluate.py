@@ -10,7 +10,7 @@ import pytest
 
 from aevb import evaluate
 
-from .conftest import run_cli, tiny_overrides
+from .conftest import run_cli, run_main_probe, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,41 @@ def test_aevb_eval_refuses_an_unknown_marginal(run_dir, capsys) -> None:
         evaluate.main([str(run_dir), "eval.marginal=ais"])
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and "eval.marginal must be one of ['hmc', 'none']" in err
+
+
+#: (arguments, exit status, what the output says): answered before torch and Lightning load
+LIGHT_COMMANDS = [
+    (["--help"], 0, "usage: aevb-eval"),
+    (["--no-such-option", "{run}"], 2, "unrecognized arguments: --no-such-option"),
+    (["/no/such/run"], 2, "/no/such/run does not exist"),
+    (["{tmp}"], 2, "is not an aevb run directory"),
+    (["{run}/notes.txt"], 2, "neither a run directory nor a .ckpt"),
+    (["{run}/checkpoints/best.ckpt"], 2, "best.ckpt does not exist"),
+    (["{run}", "eval.iw_samples=-1"], 2, "eval.iw_samples must be an integer >= 0, got -1"),
+    (["{run}", "eval.bogus=1"], 2, "eval.bogus must be one of ['hmc_points', "),
+    (["{run}", "eval.marginal=ais"], 2, "eval.marginal must be one of ['hmc', 'none']"),
+    (["{run}", "accelerator=tpu"], 2, "accelerator must be one of ['auto', 'cpu', 'gpu']"),
+    (["{run}", "iw_samples"], 2, "an override key=value"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"), LIGHT_COMMANDS, ids=[" ".join(a) for a, _, _ in LIGHT_COMMANDS]
+)
+def test_help_and_refusals_load_neither_torch_nor_lightning(tmp_path, args, code, needle) -> None:
+    """aevb.evaluate checks the command line before the evaluation job (aevb.evaluation)."""
+    run = tmp_path / "run"  # a run dir without checkpoints: nothing to evaluate, all refused
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("model: {}\n")
+    (run / "notes.txt").write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    status, heavy, out, err = run_main_probe(
+        "aevb.evaluate", [a.format(run=run, tmp=tmp_path) for a in args], tmp_path
+    )
+    assert (status, heavy) == (code, []), err[-2000:]
+    assert needle in (out if code == 0 else err), out + err
+    if code == 2:  # one line (after argparse's usage); nothing written
+        lines = err.splitlines()
+        assert lines[-1].startswith("aevb-eval: error: ")
+        assert len(lines) == 1 or err.startswith("usage: aevb-eval "), err
+    assert sorted(tmp_path.rglob("*")) == before

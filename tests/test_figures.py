@@ -11,7 +11,7 @@ from aevb.figures import FiguresError, RunInfo, find_runs, make_figures, summary
 from aevb.runs import load_run
 from aevb.wake_sleep import WakeSleep
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main_probe
 from .test_frey_face import write_frey_mat
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -220,3 +220,39 @@ def test_without_out_figures_go_to_a_figures_folder_not_over_a_sweeps_summary(
     assert (sweep / "summary.md").read_text() == "the sweep's table\n"
     assert (sweep / "figures" / "fig3_mnist.png").is_file()
     assert (sweep / "figures" / "summary.md").read_text().startswith("| data | N_train |")
+
+
+#: (arguments, exit status, what the output says): answered before torch and matplotlib load
+LIGHT_COMMANDS = [
+    (["--help"], 0, "usage: aevb-figures"),
+    ([], 2, "the following arguments are required: dirs"),
+    (["--no-such-option", "{tmp}"], 2, "unrecognized arguments: --no-such-option"),
+    (["--axes", "wide", "{tmp}"], 2, "argument --axes: invalid choice: 'wide'"),
+    (["--seed", "x", "{tmp}"], 2, "argument --seed: invalid int value: 'x'"),
+    (["{tmp}/missing", "--out", "{tmp}/out"], 2, "missing is not a directory"),
+    (["{tmp}", "--out", "{tmp}/out"], 2, "no aevb-train runs with learning_curve.json"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"), LIGHT_COMMANDS, ids=[" ".join(a) for a, _, _ in LIGHT_COMMANDS]
+)
+def test_help_and_refusals_load_neither_torch_nor_matplotlib(
+    tmp_path: Path, args: list[str], code: int, needle: str
+) -> None:
+    """aevb.figures imports torch, Lightning and matplotlib only to draw or load a model."""
+    (tmp_path / "sweep" / "0" / ".hydra").mkdir(parents=True)  # a run dir without results
+    (tmp_path / "sweep" / "0" / ".hydra" / "config.yaml").write_text(
+        "data: {name: mnist}\nmodel: {latent_dim: 2}\n"
+    )
+    before = sorted(tmp_path.rglob("*"))
+    status, heavy, out, err = run_main_probe(
+        "aevb.figures", [a.format(tmp=tmp_path) for a in args], tmp_path
+    )
+    assert (status, heavy) == (code, []), err[-2000:]
+    assert needle in (out if code == 0 else err), out + err
+    if code == 2:  # one line (after argparse's usage); nothing written
+        lines = err.splitlines()
+        assert lines[-1].startswith("aevb-figures: error: ")
+        assert len(lines) == 1 or err.startswith("usage: aevb-figures "), err
+    assert sorted(tmp_path.rglob("*")) == before

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from aevb import checkpoints, evaluate, progress, signals
+from aevb import checkpoints, evaluate, evaluation, progress, signals
 
 from .conftest import REPO, run_cli
 from .test_rundir import fast
@@ -220,7 +220,7 @@ def test_aevb_eval_reports_progress_and_survives_a_read_only_run_dir(
 ) -> None:
     from .fs import read_only
 
-    monkeypatch.setattr(evaluate, "EvalProgress", lambda: progress.EvalProgress(every_s=0))
+    monkeypatch.setattr(evaluation, "EvalProgress", lambda: progress.EvalProgress(every_s=0))
     monkeypatch.chdir(tmp_path)
     (finished / "eval.json").unlink(missing_ok=True)
     with read_only(finished), pytest.raises(SystemExit) as exit_:

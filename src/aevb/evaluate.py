@@ -9,6 +9,10 @@ first `eval.hmc_points` test images, for every algorithm (MCEM, without an encod
 Progress goes to stderr every 10 s. SIGINT/SIGTERM stop it at once (exit 130/143); eval.json
 then says `interrupted` unless it holds an earlier completed result, which is kept. When RUN is
 not writable, the record goes to ./<run name>.eval.json (else stdout), never lost.
+
+This module is the command line, its checks and eval.json; it loads without torch, so `--help`
+and a refused command line answer at once. The evaluation job (`aevb.evaluation`: torch,
+Lightning) is imported once the overrides and RUN have been accepted.
 """
 
 from __future__ import annotations
@@ -16,28 +20,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from aevb import signals
 from aevb.atomic import describe_os_error, write_json_atomic
 from aevb.config import EvalConfig
-from aevb.devices import check_accelerator, runtime_record
-from aevb.epoch_metrics import EvaluationSettings
+from aevb.devices import check_accelerator
 from aevb.errors import ConfigError, DataError, one_line
-from aevb.marginal_curve import marginal_log_likelihood
-from aevb.numerics import configure_numerics
-from aevb.progress import EvalProgress
 from aevb.rundir import RunDir
-from aevb.runs import checkpoint_of, load_run
 
 #: aevb-eval's defaults; aevb-train's test/nll uses conf/train.yaml's smaller eval.iw_samples
 DEFAULTS = EvalConfig(iw_samples=5000)
@@ -85,66 +80,18 @@ def parse_overrides(overrides: list[str]) -> tuple[EvalConfig, str]:
 
 
 def evaluate(target: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate the run (or checkpoint) `target`; writes and returns the eval.json record."""
+    """Evaluate the run (or checkpoint) `target`; writes and returns the eval.json record.
+
+    The overrides, the accelerator and `target` are checked before the evaluation job
+    (`aevb.evaluation`: torch, Lightning) is imported."""
     settings, accelerator = parse_overrides(list(overrides or []))
     check_accelerator(accelerator, "accelerator")
-    configure_numerics()  # as aevb-train; test_step itself runs in IEEE float32
     run_dir, ckpt = resolve(target)
-    evaluation = EvaluationSettings(**settings.test_evaluation())
-    run = load_run(run_dir, checkpoint=ckpt, evaluation=evaluation)
-    model = run.model
-    check_memory(settings, run.datamodule.eval_batch_size, accelerator)
-    L.seed_everything(settings.seed, workers=False, verbose=False)
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(run_dir),
-        callbacks=[EvalProgress()],
-    )
-    start = time.perf_counter()
-    results = trainer.test(model, datamodule=run.datamodule, verbose=False)
-    record: dict[str, Any] = {"status": "completed"}
-    record.update({k: float(v) for r in results for k, v in r.items()})
-    if settings.marginal == "hmc":  # the same estimate for every algorithm
-        x = run.datamodule.test_images[: settings.hmc_points]
-        log_px = marginal_log_likelihood(model, x, seed=settings.seed)
-        record.update({"test/nll_hmc": float(-log_px.mean()), "hmc_points": len(x)})
-    seconds = time.perf_counter() - start
-    stats = getattr(model, "test_latent_stats", {})
-    record.update(
-        {
-            "gap": -record["test/elbo"] - record["test/nll"] if "test/nll" in record else None,
-            "test/kl_per_dim": stats.get("kl_per_dim"),
-            "test/latent_activity": stats.get("activity"),
-            "checkpoint": str((ckpt or checkpoint_of(run_dir)).relative_to(run_dir)),
-            "eval": dataclasses.asdict(settings),
-            "num_test": len(run.datamodule.test_images),
-            **runtime_record(trainer),  # device, precision, world size, torch version
-            "threads": torch.get_num_threads(),
-            "seconds": round(seconds, 3),
-        }
-    )
+    from aevb.evaluation import evaluate_run
+
+    record = evaluate_run(run_dir, ckpt, settings, accelerator)
     save_record(run_dir, record)
     return record
-
-
-def check_memory(settings: EvalConfig, batch: int, accelerator: str) -> None:
-    """Refuse an eval.iw_samples whose [k, batch] log-weights would not fit in free CPU memory."""
-    if settings.iw_samples == 0 or accelerator == "gpu" or torch.cuda.is_available():
-        return
-    need = settings.iw_samples * batch * 4 * 2  # float32 log-weights, plus a same-size temporary
-    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if need > free:
-        raise ConfigError(
-            "eval.iw_samples",
-            f"a k whose log-weights fit in memory ({need / 2**30:.1f} GiB for batches of {batch} "
-            f"test images, {free / 2**30:.1f} GiB free; k <= {free // (batch * 8)})",
-            settings.iw_samples,
-        )
 
 
 def save_record(run_dir: Path, record: dict[str, Any]) -> bool:
@@ -227,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    except (MemoryError, torch.OutOfMemoryError) as err:
+    except _out_of_memory() as err:
         print(
             f"aevb-eval: error: out of memory ({type(err).__name__}); lower eval.iw_samples or "
             "set eval.iw_chunk to fewer decoder rows per pass",
@@ -235,6 +182,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(2)
     print(summary(record, resolve(args.run)[0]))
+
+
+def _out_of_memory() -> tuple[type[BaseException], ...]:
+    """MemoryError, and torch's out-of-memory error once torch is loaded (only then raised)."""
+    torch = sys.modules.get("torch")
+    return (MemoryError,) if torch is None else (MemoryError, torch.OutOfMemoryError)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ the model, so they load each run's best checkpoint (`aevb.runs.load_run`):
 Each figure is written atomically as PNG and PDF into --out (default: figures/ in the first
 directory, so a sweep's own summary.md is never overwritten),
 with `figures.json` (what was drawn from which run) and `summary.md` (final bounds per run).
+torch, Lightning and matplotlib are imported by the functions that draw or load a model, so
+`--help` and a refused command line (a missing directory, no runs) answer without them.
 """
 
 from __future__ import annotations
@@ -30,15 +32,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import OmegaConf
 
 from aevb.atomic import write_bytes_atomic, write_json_atomic
 from aevb.errors import FiguresError, one_line
 from aevb.rundir import RunDir
-from aevb.vae import manifold_grid
+
+if TYPE_CHECKING:
+    import torch
 
 #: the paper's names and line colours of the two algorithms
 ALGORITHM_LABELS = {"aevb": "AEVB", "wake_sleep": "Wake-Sleep", "mcem": "MCEM"}
@@ -374,11 +377,15 @@ def _image_grid(images: torch.Tensor, nrow: int) -> Any:
     return grid[0].numpy()
 
 
-@torch.no_grad()
 def manifold_images(model: Any, steps: int) -> torch.Tensor:
     """Decoder means on a steps x steps grid z = Phi^-1(u), u evenly spaced in (0, 1)^2
     (the paper's Fig. 4): columns z_1 increasing, rows z_2 decreasing."""
-    return model.decode_mean(manifold_grid(steps))
+    import torch
+
+    from aevb.vae import manifold_grid  # late: imports torch and Lightning
+
+    with torch.no_grad():
+        return model.decode_mean(manifold_grid(steps))
 
 
 def _native_size(grids: list[Any], title_in: float = 0.4) -> tuple[float, float]:
@@ -404,6 +411,8 @@ def figure4(runs: list[RunInfo], out: Path, steps: int = 16) -> dict[str, Any]:
 
 def figure5(runs: list[RunInfo], data: str, out: Path, n: int = 10, seed: int = 0) -> dict:
     """Fig. 5: an n x n grid of samples E[x|z], z ~ N(0, I), per Nz (fixed noise seed)."""
+    import torch
+
     grids = []
     for run in runs:
         g = torch.Generator().manual_seed(seed)
