@@ -25,6 +25,7 @@ from torch import Tensor
 from aevb.errors import DataError, one_line
 from aevb.registry import BINARIZE, DATASETS
 from aevb.rng import rank_seed
+from aevb.step_groups import StepGroup
 
 #: seed of the one-off binarization of validation/test images: fixed so NLLs compare across runs
 EVAL_BINARIZATION_SEED = 20131220
@@ -164,11 +165,14 @@ class TensorLoader:
 
     With `position` (the number of training batches the run has completed, read when an epoch's
     iteration starts; None outside a fit, where `set_epoch` decides), the loader places itself:
-    epoch = position // len(self), and it skips the position % len(self) batches of that epoch
-    already trained. The order and the binarization noise then depend only on how far the run
-    got, not on Lightning's epoch counter, which a step-limited run (`budget_samples`) resumed
-    from an end-of-epoch checkpoint advances twice (Lightning 2.6), so a resumed run sees exactly
-    the batches an uninterrupted one would.
+    epoch = position // batches per epoch, and it skips the batches of that epoch already
+    trained. The order and the binarization noise then depend only on how far the run got, not
+    on Lightning's epoch counter, which a step-limited run (`budget_samples`) resumed from an
+    end-of-epoch checkpoint advances twice (Lightning 2.6), so a resumed run sees exactly the
+    batches an uninterrupted one would.
+
+    With `group` > 1 it yields `aevb.step_groups.StepGroup`s of up to `group` consecutive
+    batches (never across an epoch end; len() counts groups): the same batches, grouped.
     """
 
     batch_sampler = None
@@ -183,20 +187,39 @@ class TensorLoader:
         drop_last: bool = False,
         with_index: bool = False,
         position: Callable[[], int | None] | None = None,
+        group: int = 1,
     ) -> None:
         self.images, self.labels = images, labels
+        self.group = group
         self.batch_size, self.sampler = batch_size, sampler
         self.binarize, self.drop_last, self.with_index = binarize, drop_last, with_index
         self.position = position
 
-    def __len__(self) -> int:
+    @property
+    def batches_per_epoch(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+    def __len__(self) -> int:
+        return math.ceil(self.batches_per_epoch / self.group)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...] | StepGroup]:
+        if self.group == 1:
+            yield from self._batches()
+            return
+        group = StepGroup()
+        for batch in self._batches():
+            group.append(batch)
+            if len(group) == self.group:
+                yield group
+                group = StepGroup()
+        if group:
+            yield group
+
+    def _batches(self) -> Iterator[tuple[Tensor, ...]]:
         skip, done = 0, self.position() if self.position is not None else None
-        if done is not None and len(self) > 0:
-            epoch, skip = divmod(done, len(self))
+        if done is not None and self.batches_per_epoch > 0:
+            epoch, skip = divmod(done, self.batches_per_epoch)
             self.sampler.set_epoch(epoch)
         idx = self.sampler.indices().to(self.images.device)
         gen = None
@@ -204,7 +227,7 @@ class TensorLoader:
             gen = torch.Generator(device=self.images.device)
             seed = self.sampler.seed * 7_919 + self.sampler.epoch + 1
             gen.manual_seed(rank_seed(seed, self.sampler.rank))
-        for b in range(len(self)):
+        for b in range(self.batches_per_epoch):
             rows = idx[b * self.batch_size : (b + 1) * self.batch_size]
             x = self.images.index_select(0, rows)
             if gen is not None:
@@ -267,7 +290,8 @@ class ImageDataModule(L.LightningDataModule):
     `batch_size`, `eval_batch_size`, `val_size` (held out of the training set by a permutation
     seeded with `seed`), `num_train` (optional subset of the remaining training images),
     `seed`, `binarize` (none | dynamic | static). Validation/test images are binarized once with
-    EVAL_BINARIZATION_SEED whenever binarize != none.
+    EVAL_BINARIZATION_SEED whenever binarize != none. `steps_per_call` (the run's, not a `data`
+    key) groups training batches for `aevb.step_groups`.
     """
 
     def __init__(
@@ -281,6 +305,7 @@ class ImageDataModule(L.LightningDataModule):
         num_train: int | None = None,
         seed: int = 0,
         binarize: str = "dynamic",
+        steps_per_call: int = 1,
     ) -> None:
         super().__init__()
         if name not in DATASETS:
@@ -290,7 +315,7 @@ class ImageDataModule(L.LightningDataModule):
         self.name, self.root, self.download = name, str(root), download
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.num_train, self.seed = val_size, num_train, seed
-        self.binarize = binarize
+        self.binarize, self.steps_per_call = binarize, steps_per_call
         self._raw: tuple[Split, Split] | None = None
         self._loaded = False
 
@@ -371,6 +396,7 @@ class ImageDataModule(L.LightningDataModule):
             drop_last=False,
             with_index=not train,
             position=self._batches_trained if train else None,
+            group=self.steps_per_call if train else 1,
         )
 
     def _batches_trained(self) -> int | None:
@@ -379,6 +405,8 @@ class ImageDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is None or not trainer.training:
             return None
+        if self.steps_per_call > 1:  # a Lightning step trains a group: count optimiser steps
+            return trainer.global_step
         return trainer.fit_loop.epoch_loop.batch_progress.total.completed
 
     def train_dataloader(self) -> TensorLoader:

@@ -32,9 +32,10 @@ class DivergenceGuard(L.Callback):
     Reads the module's `last_terms` ({name: Tensor} of the step's loss terms, set by the
     LightningModule) and the gradients, in one fused norm pass. Every step's non-finite flags
     are OR-ed into one flag tensor on the device (no host sync); a single process that checks
-    every step (the CPU default) reads the step's flag at once instead. A fused optimizer (`optim.fused=true`, the default)
-    is handed the step's flag as `found_inf`, as torch's GradScaler does, so it skips that
-    step's update on the device: no non-finite update is ever applied, whatever the interval.
+    every step (the CPU default) reads the step's flag at once instead. A fused optimizer
+    (`optim.fused=true`, the default) is handed the step's flag as `found_inf`, as torch's
+    GradScaler does, so it skips that step's update on the device: no non-finite update is
+    ever applied, whatever the interval.
     Every `check_every_n_steps`-th step, before validation and before any checkpoint is
     written, the flags are all-reduced over ranks (every rank decides alike) and read once; the
     run then stops naming the first bad step. None (the default) picks 1 on a CPU, where a read

@@ -185,6 +185,10 @@ class LearningCurve(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
+        self.on_optimizer_step_end(trainer, pl_module)
+
+    def on_optimizer_step_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """After every optimisation step (`aevb.step_groups`): a point when one is due."""
         samples = _samples_seen(pl_module)
         if samples >= self._next:
             self.evaluate(trainer, pl_module)

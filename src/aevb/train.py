@@ -28,6 +28,7 @@ from aevb.config import Settings
 from aevb.devices import check_trainer  # also registers the SLURM launcher's resolvers
 from aevb.errors import ConfigError, DataError, Diverged
 from aevb.preflight import app_help, check_command_line
+from aevb.step_groups import check_steps_per_call
 
 #: names kept importable from here that live in heavy modules (loaded on first use)
 _LAZY = {
@@ -96,7 +97,7 @@ def _full_error() -> bool:
 
 def _validate(cfg: DictConfig) -> None:
     """Every check that needs no data or model: values (Settings) and that ckpt_path exists."""
-    Settings.from_cfg(cfg)
+    check_steps_per_call(cfg, Settings.from_cfg(cfg))
     check_trainer(cfg.trainer)
     path = cfg.get("ckpt_path")
     if path is not None and not Path(path).is_file():

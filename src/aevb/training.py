@@ -47,6 +47,7 @@ from aevb.numerics import configure_numerics
 from aevb.registry import ALGORITHMS
 from aevb.rundir import RunDir, is_secondary_rank, resume_checkpoint, run_config_of
 from aevb.signals import SIGNALS, Interrupted
+from aevb.step_groups import CHECKPOINT_KEY, check_steps_per_call
 from aevb.threads import apply_thread_share
 
 log = logging.getLogger("aevb.train")  # the name its log lines had before the split
@@ -73,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     written to metrics.json."""
     settings = Settings.from_cfg(cfg)  # raises ConfigError before any work
     check_trainer(cfg.trainer)
+    k = check_steps_per_call(cfg, settings)
     check_accelerator(cfg.trainer.get("accelerator"))  # here, not in preflight: a login node
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     apply_thread_share(HydraConfig.get().launcher)  # a sweep job's share of the cores
@@ -83,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=False, verbose=False)
 
     # build
-    datamodule = ImageDataModule(**settings.datamodule_kwargs())
+    datamodule = ImageDataModule(**settings.datamodule_kwargs(), steps_per_call=k)
     loggers = _instantiate_all(cfg.get("logger"))
     stop = StopOnSignal()  # SIGINT/SIGTERM: finish the batch, write last.ckpt, stop
     # null means Lightning's default, except for check_val_every_n_epoch: null there means
@@ -100,7 +102,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **trainer_kwargs,
         logger=loggers or False,
         callbacks=[*_instantiate_all(cfg.get("callbacks")), stop],
-        plugins=[checkpoints.AtomicCheckpointIO(checkpoints.identity(cfg))],
+        plugins=[
+            checkpoints.AtomicCheckpointIO({**checkpoints.identity(cfg), CHECKPOINT_KEY: k})
+        ],
         default_root_dir=str(run_dir),
     )
     if steps is not None and trainer.world_size != planned_world_size(trainer_kwargs):
@@ -115,12 +119,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.setup("fit")
     model_cls = ALGORITHMS[settings.model.algorithm]
     model = model_cls(**settings.model_kwargs(datamodule.data_shape, len(datamodule.train_images)))
+    model.automatic_optimization = model.automatic_optimization and k == 1  # aevb.step_groups
     if isinstance(model, MonteCarloEM) and trainer.checkpoint_callback is not None:
         trainer.checkpoint_callback.monitor = MCEM_MONITOR  # no bound: the Appendix D estimate
     monitor = trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else "val/elbo"
     ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(cfg.get("resume", "never"), run_dir)
     if ckpt_path is not None:
-        check_checkpoint(ckpt_path, model, cfg)
+        check_checkpoint(ckpt_path, model, cfg, steps_per_call=k)
 
     # fit
     start = time.perf_counter()
@@ -235,9 +240,12 @@ def check_ddp_launch(trainer: L.Trainer) -> None:
         )
 
 
-def check_checkpoint(path: str, model: L.LightningModule, cfg: DictConfig | None = None) -> None:
+def check_checkpoint(
+    path: str, model: L.LightningModule, cfg: DictConfig | None = None, steps_per_call: int = 1
+) -> None:
     """Refuse a missing, unreadable, unsafe or foreign `ckpt_path` in one line, before any
-    training: loaded without running code, of this config's data/model/objective/optimizer."""
+    training: loaded without running code, of this config's data/model/objective/optimizer,
+    written with the same `steps_per_call` (the loops count steps differently)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(
@@ -252,6 +260,13 @@ def check_checkpoint(path: str, model: L.LightningModule, cfg: DictConfig | None
     if "loops" not in ckpt:
         raise ConfigError(
             "ckpt_path", "a Lightning training checkpoint written by aevb-train", path
+        )
+    written_with = (ckpt.get(checkpoints.IDENTITY_KEY) or {}).get(CHECKPOINT_KEY, 1)
+    if written_with != steps_per_call:
+        raise ConfigError(
+            "steps_per_call",
+            f"{written_with}, the value {path} was written with (resume with it)",
+            steps_per_call,
         )
     try:
         model.load_state_dict(ckpt["state_dict"])

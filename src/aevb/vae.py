@@ -23,6 +23,7 @@ from aevb.networks import NetworkSpec, build_networks, init_normal_
 from aevb.numerics import full_precision
 from aevb.registry import OPTIMIZERS
 from aevb.rng import KeyedNormal, forked_streams, mix_seed
+from aevb.step_groups import StepGroup, run_steps
 
 #: seed of validation's z draws: every validation (and the sanity check) runs on streams forked
 #: from training's and set to mix_seed(VAL_SEED, rank), so it never moves the training noise (a
@@ -210,7 +211,9 @@ class VAE(TestPrefix, RankStreams, L.LightningModule):
         self.samples_seen += n
         self.samples_seen_host += n
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        if isinstance(batch, StepGroup):  # steps_per_call > 1: one step per batch of the group
+            return run_steps(self, batch, batch_idx, self.training_step)
         self.count_samples(batch[0].shape[0])
         if self.hparams.kl_warmup_steps > 0 and batch_idx % self.trainer.log_every_n_steps == 0:
             self._log_direct({"train/beta": self.beta_at(self.global_step)})

@@ -1,0 +1,97 @@
+"""Several optimisation steps per Lightning training step (`steps_per_call`, issue 20 goal 1).
+
+Lightning spends about as much Python per training step as a small model's forward pass
+(hooks of every callback, the automatic-optimisation closure, the logger connector). With
+`steps_per_call: K > 1` the training loader serves a `StepGroup` of up to K consecutive batches
+per Lightning step (never across an epoch end), and the module takes one optimisation step per
+batch of the group under manual optimisation (`run_steps`), as Keras' `steps_per_execution`.
+The optimisation steps are the same as with K = 1 (same batches, same noise, same order, same
+divergence guard before every update), and per-step callbacks (`on_optimizer_step_end`: the
+learning curves) still run after the very step they would with K = 1, so a run's numbers do not
+depend on K. Settings that count Lightning steps rather than optimisation steps are refused
+with K > 1 (`check_steps_per_call`). This module imports no torch (the light CLI uses the check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aevb.errors import ConfigError
+
+if TYPE_CHECKING:
+    import lightning as L
+    from torch import Tensor
+
+    from aevb.config import Settings
+
+#: checkpoint key of the K a run was written with (absent: 1)
+CHECKPOINT_KEY = "steps_per_call"
+
+
+class StepGroup(list):
+    """The batches of one Lightning training step with `steps_per_call` > 1, in order."""
+
+
+def steps_per_call(cfg: Mapping[str, Any]) -> int:
+    """The run's `steps_per_call` (1 when the key is absent, as in configs of older runs)."""
+    value = cfg.get("steps_per_call", 1)
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if not ok:
+        raise ConfigError("steps_per_call", "a whole number >= 1", value)
+    return value
+
+
+def check_steps_per_call(cfg: Mapping[str, Any], settings: Settings) -> int:
+    """Validate `steps_per_call` against the settings K > 1 cannot honour; returns K."""
+    k = steps_per_call(cfg)
+    if k == 1:
+        return k
+    trainer = cfg.get("trainer") or {}
+
+    def refuse(key: str, allowed: str, value: Any) -> None:
+        raise ConfigError(key, f"{allowed} with steps_per_call={k} (or steps_per_call=1)", value)
+
+    if settings.model.algorithm != "aevb":
+        refuse("model.algorithm", "aevb", settings.model.algorithm)
+    if settings.lr_schedule.name != "none":  # manual optimisation steps no scheduler
+        refuse("lr_schedule", "none", settings.lr_schedule.name)
+    if trainer.get("gradient_clip_val"):
+        refuse("trainer.gradient_clip_val", "null", trainer.get("gradient_clip_val"))
+    if trainer.get("accumulate_grad_batches", 1) not in (None, 1):
+        refuse("trainer.accumulate_grad_batches", "1", trainer.get("accumulate_grad_batches"))
+    if trainer.get("limit_train_batches") is not None:  # counts Lightning steps
+        refuse("trainer.limit_train_batches", "null", trainer.get("limit_train_batches"))
+    interval = trainer.get("val_check_interval")
+    if interval not in (None, 1.0) or trainer.get("check_val_every_n_epoch", 1) is None:
+        refuse(  # Lightning counts them in its steps: validation stays at epoch ends
+            "trainer.val_check_interval",
+            "null (validation every check_val_every_n_epoch epochs)",
+            interval,
+        )
+    return k
+
+
+def run_steps(
+    module: L.LightningModule,
+    group: StepGroup,
+    batch_idx: int,
+    step: Callable[[Any, int], Tensor],
+) -> None:
+    """Take one optimisation step per batch of `group` (the module's manual-optimisation
+    training step). `step(batch, index)` returns the loss of one batch, where index is the
+    batch's index in the epoch (as `training_step`'s batch_idx with K = 1)."""
+    trainer, optimizer = module.trainer, module.optimizers()
+    per_group = trainer.datamodule.steps_per_call
+    for k, batch in enumerate(group):
+        if 0 <= trainer.max_steps <= trainer.global_step:  # the budget ends inside the group
+            return
+        loss = step(batch, batch_idx * per_group + k)
+        optimizer.zero_grad()  # the order of Lightning's automatic optimisation
+        module.manual_backward(loss)
+        optimizer.step()  # runs on_before_optimizer_step (the divergence guard) first
+        if k < len(group) - 1:  # the group's last step is followed by on_train_batch_end
+            for callback in trainer.callbacks:
+                hook = getattr(callback, "on_optimizer_step_end", None)
+                if hook is not None:
+                    hook(trainer, module)

@@ -1,0 +1,113 @@
+"""aevb.step_groups: K optimisation steps per Lightning step take the very steps K = 1 takes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from aevb.data import EpochShuffle, TensorLoader
+from aevb.step_groups import StepGroup
+
+from .conftest import run_cli, tiny_overrides
+
+#: 500 training images in batches of 50: 10 batches per epoch, 3 groups of 3 and one of 1 with
+#: K = 3; the budget of 27 steps ends inside a group
+CURVE = [
+    "+callbacks.learning_curve._target_=aevb.learning_curve.LearningCurve",
+    "+callbacks.learning_curve.start=60",
+    "+callbacks.learning_curve.points_per_decade=8",
+    "+callbacks.learning_curve.num_train=200",
+    "+callbacks.learning_curve.num_test=100",
+    "budget_samples=1350",
+    "trainer.max_epochs=null",
+    "eval.iw_samples=10",
+    "eval.iwae_ks=[1,5]",
+]
+
+
+def _loader(group: int, position: int | None = None) -> TensorLoader:
+    images = torch.rand(10, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    return TensorLoader(
+        images,
+        torch.arange(10),
+        3,
+        EpochShuffle(10, shuffle=True, seed=4),
+        binarize=True,
+        position=(lambda: position) if position is not None else None,
+        group=group,
+    )
+
+
+@pytest.mark.parametrize("position", [None, 5, 6])
+def test_groups_hold_the_batches_of_single_steps_in_order(position: int | None) -> None:
+    single = [b for b in _loader(1, position)]
+    groups = list(_loader(3, position))
+    assert all(isinstance(g, StepGroup) for g in groups)
+    assert len(_loader(3)) == 2 and len(_loader(1)) == 4  # 4 batches: groups of 3 and 1
+    flat = [b for g in groups for b in g]
+    assert len(flat) == len(single) == (4 if position is None else 4 - position % 4)
+    for a, b in zip(flat, single, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # same rows, same noise
+
+
+def _train(tmp_path: Path, data_root: Path, name: str, *extra: str) -> Path:
+    run = tmp_path / name
+    args = [*tiny_overrides(data_root), *CURVE, f"hydra.run.dir={run}", *extra]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
+
+
+def _numbers(run: Path) -> tuple[dict, list[dict]]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    curve = json.loads((run / "learning_curve.json").read_text())["points"]
+    keep = {
+        k: v
+        for k, v in metrics.items()
+        if k.startswith(("test", "best_")) or k in ("global_step", "samples_seen", "epochs")
+    }
+    return keep, [{k: v for k, v in p.items() if k != "wall_time_s"} for p in curve]
+
+
+def test_a_run_is_the_same_with_three_steps_per_call(tmp_path: Path, data_root: Path) -> None:
+    one = _numbers(_train(tmp_path, data_root, "k1"))
+    three = _numbers(_train(tmp_path, data_root, "k3", "steps_per_call=3"))
+    assert one[0]["global_step"] == 27 and one[0]["samples_seen"] == 1350
+    assert len(one[1]) >= 4  # curve points fall inside groups too
+    assert three == one  # every test metric and curve point, bit for bit
+
+
+def test_refusals_name_the_setting(tmp_path: Path, data_root: Path) -> None:
+    cases = {
+        "model.algorithm=wake_sleep": "model.algorithm",
+        "lr_schedule=cosine": "lr_schedule",
+        "trainer.gradient_clip_val=1.0": "trainer.gradient_clip_val",
+        "+trainer.val_check_interval=5": "trainer.val_check_interval",
+    }
+    base = [*tiny_overrides(data_root), "steps_per_call=2"]
+    for override, key in cases.items():
+        run = tmp_path / key
+        proc = run_cli([*base, override, f"hydra.run.dir={run}"], cwd=tmp_path)
+        assert proc.returncode == 2, (override, proc.stderr[-2000:])
+        assert key in proc.stderr and "steps_per_call=2" in proc.stderr, proc.stderr[-2000:]
+        assert not run.exists()  # refused before anything is written
+    proc = run_cli([*base, "steps_per_call=0"], cwd=tmp_path)
+    assert proc.returncode == 2 and "steps_per_call" in proc.stderr
+
+
+def test_a_checkpoint_resumes_only_with_its_steps_per_call(tmp_path: Path, data_root: Path) -> None:
+    run = _train(tmp_path, data_root, "k2", "steps_per_call=2")
+    proc = run_cli(
+        [
+            *tiny_overrides(data_root),
+            *CURVE,
+            f"hydra.run.dir={tmp_path / 'again'}",
+            f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "steps_per_call" in proc.stderr and "written with" in proc.stderr, proc.stderr[-2000:]
