@@ -111,3 +111,11 @@ def test_a_checkpoint_resumes_only_with_its_steps_per_call(tmp_path: Path, data_
     )
     assert proc.returncode != 0
     assert "steps_per_call" in proc.stderr and "written with" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_ddp_is_refused_before_training(tmp_path: Path, data_root: Path) -> None:
+    args = [*tiny_overrides(data_root), "trainer=ddp_cpu", "steps_per_call=2"]
+    proc = run_cli([*args, f"hydra.run.dir={tmp_path / 'ddp'}"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "steps_per_call" in proc.stderr and "DDP" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "ddp" / "checkpoints").exists()

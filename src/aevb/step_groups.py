@@ -9,7 +9,8 @@ The optimisation steps are the same as with K = 1 (same batches, same noise, sam
 divergence guard before every update), and per-step callbacks (`on_optimizer_step_end`: the
 learning curves) still run after the very step they would with K = 1, so a run's numbers do not
 depend on K. Settings that count Lightning steps rather than optimisation steps are refused
-with K > 1 (`check_steps_per_call`). This module imports no torch (the light CLI uses the check).
+with K > 1 (`check_steps_per_call`), and so is DDP (`aevb.training`): its wrapper prepares one
+gradient all-reduce per forward call, and the group's steps run inside one. This module imports no torch (the light CLI uses the check).
 """
 
 from __future__ import annotations

@@ -114,6 +114,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "before it is built, with budget_samples",
             trainer_kwargs.get("devices"),
         )
+    if k > 1 and trainer.world_size > 1:  # DDP syncs gradients in its forward: once per call
+        raise ConfigError("steps_per_call", f"1 with {trainer.world_size} processes (DDP)", k)
     check_ddp_launch(trainer)
     datamodule.trainer = trainer
     datamodule.setup("fit")
