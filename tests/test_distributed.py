@@ -105,7 +105,19 @@ def test_a_fresh_run_reseeds_ranks_above_zero_only(monkeypatch: pytest.MonkeyPat
 
 
 def test_rank_streams_save_and_restore_the_training_noise() -> None:
-    class Module(RankStreams):
+    calls = []
+
+    class Hooks:  # the LightningModule's hooks after the mixin's
+        def on_save_checkpoint(self, checkpoint: dict) -> None:
+            calls.append("save")
+
+        def on_load_checkpoint(self, checkpoint: dict) -> None:
+            calls.append("load")
+
+        def on_train_start(self) -> None:
+            calls.append("train_start")
+
+    class Module(RankStreams, Hooks):
         _trainer = trainer = _fake_trainer()
 
     saved, module = {}, Module()
@@ -121,6 +133,7 @@ def test_rank_streams_save_and_restore_the_training_noise() -> None:
     unbound._trainer = None  # a model loaded for evaluation saves no streams
     unbound.on_save_checkpoint(empty)
     assert empty == {}
+    assert calls == ["save", "load", "train_start", "save"]  # each hook calls the next class's
 
 
 def test_any_rank_is_an_or_over_ranks() -> None:
