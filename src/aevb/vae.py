@@ -128,7 +128,8 @@ class VAE(RankStreams, LatentVariableModel):
     ) -> Tensor:
         """Importance-sampled log p(x) with k draws from q(z|x) (Burda et al.): Tensor[B], nats."""
         q = self.encode(x)
-        return metrics.iwae_log_likelihood(x, q, self.decode, self.prior, k, chunk, generator)
+        log_w = metrics.importance_log_weights(x, q, self.decode, self.prior, k, chunk, generator)
+        return metrics.iwae_bound(log_w)
 
     # ----- Lightning ----------------------------------------------------------------------
     def beta_at(self, step: int) -> float:
