@@ -24,10 +24,9 @@ from aevb import metrics
 from aevb.config import ConfigError, budget_steps
 from aevb.data import EpochShuffle, ImageDataModule, binarize_once
 from aevb.devices import check_accelerator, check_precision, runtime_record, slurm_tasks
-from aevb.distributed import restore_rng_states
 from aevb.divergence import ACCELERATOR_EVERY, Diverged, DivergenceGuard
 from aevb.learning_curve import LearningCurve
-from aevb.rng import KeyedNormal, forked_streams, get_state, rank_seed
+from aevb.rng import KeyedNormal, forked_streams, get_state
 from aevb.train import config_dir
 from aevb.vae import VAE
 
@@ -89,18 +88,6 @@ def test_binarized_sets_are_the_same_on_every_device(data_root: Path, device: st
     assert torch.equal(binarize_once(grey.to(device), 1).cpu(), binarize_once(grey, 1))
 
 
-def test_keyed_noise_depends_only_on_seed_example_and_draw() -> None:
-    whole = KeyedNormal(0, [5, 9, 2], dim=3).take(0, 200)  # [200, 3, 3]
-    pieces = KeyedNormal(0, [5, 9, 2], dim=3)
-    parts = [pieces.take(0, 3), pieces.take(3, 70), pieces.take(73, 1), pieces.take(140, 60)]
-    assert torch.equal(torch.cat(parts[:3]), whole[:74])
-    assert torch.equal(parts[3], whole[140:])  # skipped draws are skipped, not shifted
-    alone = KeyedNormal(0, [9], dim=3).take(0, 200)
-    assert torch.equal(alone[:, 0], whole[:, 1])  # independent of the other rows of the batch
-    assert not torch.equal(KeyedNormal(1, [9], dim=3).take(0, 200), alone)  # the seed matters
-    assert not torch.equal(whole[:, 0], whole[:, 1])
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_importance_weights_do_not_depend_on_device_batching_or_chunk(device: str) -> None:
     model, x = _model(), (torch.rand(6, 1, 28, 28) < 0.3).float()
@@ -134,28 +121,7 @@ def test_sample_and_log_likelihood_take_a_cpu_generator_on_any_device(device: st
     assert torch.allclose(la, lb.cpu().to(la.dtype), atol=1e-3)
 
 
-# ----- training noise: per rank, forked for evaluations --------------------------------------
-def test_rank_seeds_keep_rank_zero_and_differ_elsewhere() -> None:
-    assert rank_seed(42, 0) == 42
-    seeds = {rank_seed(s, r) for s in range(20) for r in range(1, 9)}
-    assert len(seeds) == 160 and not seeds & set(range(20))  # no overlap with other runs' seeds
-
-
-def test_each_rank_restores_its_own_rng_state() -> None:
-    states = [torch.Generator().manual_seed(s).get_state() for s in (1, 2)]
-    record = {"cpu": states[0], "ranks": [{"cpu": states[0]}, {"cpu": states[1]}]}
-    saved = torch.get_rng_state()
-    try:
-        for rank in (0, 1):
-            assert restore_rng_states(record, rank, torch.device("cpu"))
-            assert torch.equal(torch.get_rng_state(), states[rank])
-        assert restore_rng_states({"cpu": states[1]}, 0, torch.device("cpu"))  # old format
-        assert torch.equal(torch.get_rng_state(), states[1])
-        assert not restore_rng_states({"cpu": states[1]}, 1, torch.device("cpu"))  # re-seeded
-    finally:
-        torch.set_rng_state(saved)
-
-
+# ----- training noise: evaluations run on forked streams ---------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_learning_curve_point_leaves_the_training_streams_unchanged(device: str) -> None:
     model = _model(device)

@@ -88,20 +88,24 @@ class RankStreams:
     every rank's streams go into its checkpoints (`rng_states`; collective: Lightning saves on
     every rank), so a resumed run continues with the same noise as an uninterrupted one (data
     order and binarization are seeded by epoch already). They are restored when training
-    starts, not on every load: loading a model for evaluation leaves the caller's RNG alone."""
+    starts, not on every load: loading a model for evaluation leaves the caller's RNG alone.
+    Each hook then calls the next class's (list it before the LightningModule base)."""
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None:
             checkpoint["rng_states"] = gather_rng_states(self.trainer)
+        super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._resume_rng_states = checkpoint.get("rng_states")
+        super().on_load_checkpoint(checkpoint)
 
     def on_train_start(self) -> None:
         """This rank's saved streams (resume), or else (fresh run) its own seed if rank > 0."""
         states = getattr(self, "_resume_rng_states", None)
         self._resume_rng_states = None
         seed_rank_streams(self.trainer, states)
+        super().on_train_start()
 
 
 def any_rank(flags: Tensor, trainer: L.Trainer) -> Tensor:

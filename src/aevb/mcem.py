@@ -39,17 +39,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal
 
 from aevb import metrics
-from aevb.epoch_metrics import TestPrefix
 from aevb.hmc import HMC
-from aevb.likelihoods import build_likelihood
-from aevb.networks import NetworkSpec, build_networks, init_normal_
-from aevb.registry import OPTIMIZERS
+from aevb.latent_model import LatentVariableModel
 
 #: the metric MCEM's best checkpoint is chosen by (it has no val/elbo)
 MONITOR = "val/log_px_hmc"
@@ -57,12 +52,12 @@ MONITOR = "val/log_px_hmc"
 EVAL_SEED = 0
 
 
-class MonteCarloEM(TestPrefix, L.LightningModule):
+class MonteCarloEM(LatentVariableModel):
     """Decoder p_theta(x|z) and N(0, I) prior fitted by Monte Carlo EM with persistent HMC chains.
 
     Args (network ones as `aevb.vae.VAE`):
         data_shape, latent_dim, hidden_dims, activation, architecture, likelihood, init_std,
-        channels, optim: as for the VAE (only its decoder is built).
+        channels, optim: as for the VAE (only its decoder is kept; default optim: Adagrad 0.01).
         num_train: training-set size N (one persistent chain per datapoint).
         leapfrog_steps: per HMC proposal (Appendix E: 10).
         target_accept: acceptance rate the step sizes are adapted towards (Appendix E: 0.9).
@@ -75,6 +70,8 @@ class MonteCarloEM(TestPrefix, L.LightningModule):
         candidates: prior draws a new chain starts from the best of.
         eval_points: validation/test images of the Appendix D estimate (0: none).
     """
+
+    default_optim = {"name": "adagrad", "lr": 0.01}
 
     def __init__(
         self,
@@ -99,20 +96,10 @@ class MonteCarloEM(TestPrefix, L.LightningModule):
         candidates: int = 64,
         eval_points: int = 100,
     ) -> None:
-        super().__init__()
+        net = (data_shape, latent_dim, hidden_dims, activation, architecture, likelihood)
+        super().__init__(*net, init_std, channels, encoder=False)
         self.save_hyperparameters()
         self.automatic_optimization = False  # `updates` optimiser steps per minibatch
-        self.data_shape = tuple(data_shape)
-        lik = dict(likelihood or {"name": "bernoulli"})
-        self.likelihood = build_likelihood(lik.pop("name"), self.data_shape, **lik)
-        out = self.likelihood.params_per_pixel
-        spec = NetworkSpec(self.data_shape, latent_dim, hidden_dims, activation, out, channels)
-        _, self.decoder = build_networks(architecture, spec)  # (builds the encoder too: same init)
-        if init_std is not None:
-            init_normal_(self, init_std)
-        self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
-        self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
-        self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
         #: the persistent chains: last z, log step size, and whether visited, per datapoint
         self.register_buffer("chain_z", torch.zeros(num_train, latent_dim))
         self.register_buffer("chain_log_step", torch.full((num_train,), math.log(step_size)))
@@ -124,30 +111,11 @@ class MonteCarloEM(TestPrefix, L.LightningModule):
         self._epoch_rows: tuple[int, Tensor] | None = None
         self._epoch_position = 0
 
-    # ----- probabilistic API (as the VAE's, less the encoder) -----------------------------
-    @property
-    def prior(self) -> Independent:
-        """p(z) = N(0, I), event shape [latent_dim]."""
-        return Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1)
-
-    def decode(self, z: Tensor) -> Distribution:
-        """p(x|z): batch shape [N], event shape = image shape."""
-        return self.likelihood(self.decoder(z))
-
-    def decode_mean(self, z: Tensor) -> Tensor:
-        """E[x|z] images for codes z [N, D] (moved to the model's device): Tensor[N, C, H, W]."""
-        return self.likelihood.mean(self.decoder(z.to(self.prior_loc.device)))
-
+    # ----- probabilistic API (prior, decode, decode_mean, sample: LatentVariableModel) -------
     @property
     def optimizer_steps_per_batch(self) -> int:
         """Optimiser steps (global_step) per minibatch: aevb-train scales max_steps by it."""
         return int(self.hparams.updates)
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n images E[x|z] with z ~ p(z): Tensor[n, C, H, W]."""
-        z = torch.randn(n, self.hparams.latent_dim, generator=generator)
-        return self.decode_mean(z)
 
     def log_likelihood(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """log p(x) by the Appendix D estimator (paper settings): Tensor[B], nats."""
@@ -214,7 +182,7 @@ class MonteCarloEM(TestPrefix, L.LightningModule):
     # ----- Lightning ------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x = batch[0]
-        self.samples_seen += x.shape[0] * self.trainer.world_size
+        self.count_samples(x.shape[0])
         rows = self._rows(len(x)) if self.hparams.persistent else None
         z, accept, step = self.e_step(x, rows)
         opt = self.optimizers()
@@ -292,11 +260,8 @@ class MonteCarloEM(TestPrefix, L.LightningModule):
                 "model.algorithm=mcem runs on one device (trainer.devices=1): its persistent "
                 "chains are not sharded across ranks"
             )
-        dm = getattr(self.trainer, "datamodule", None)
-        first = getattr(dm, "val_images", None)
-        if first is not None:
-            self.likelihood.check_data(first[:1000])
-        train = getattr(dm, "train_images", None)
+        super().on_fit_start()  # the data against the likelihood
+        train = getattr(getattr(self.trainer, "datamodule", None), "train_images", None)
         if train is not None and len(train) != len(self.chain_z):
             raise ValueError(
                 f"MCEM has {len(self.chain_z)} chains but the training set {len(train)} images"
@@ -308,8 +273,3 @@ class MonteCarloEM(TestPrefix, L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "mcem_generator" in checkpoint:
             self.generator.set_state(checkpoint["mcem_generator"])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        cfg = dict(self.hparams.optim or {"name": "adagrad", "lr": 0.01})
-        name = cfg.pop("name")
-        return OPTIMIZERS[name](self.parameters(), **cfg)

@@ -190,7 +190,9 @@ def iwae_bound(log_w: Tensor, k: int | None = None) -> Tensor:
 
     IWAE_k = E[log (1/k) sum_i w_i] <= log p(x) (Burda et al., eq. 8), from log weights [N, B]:
     the mean over the N // k disjoint groups of k weights (k=N: the plain estimate of log p(x);
-    k=1: the estimator-A ELBO averaged over N draws).
+    k=1: the estimator-A ELBO averaged over N draws). The importance-sampling estimate of
+    log p(x) of Burda et al. is `iwae_bound(importance_log_weights(...))`: a lower bound in
+    expectation that tightens as k grows.
     """
     n = log_w.shape[0]
     k = n if k is None else k
@@ -199,25 +201,6 @@ def iwae_bound(log_w: Tensor, k: int | None = None) -> Tensor:
     groups = n // k
     lw = log_w[: groups * k].to(wide_dtype(log_w.device)).view(groups, k, *log_w.shape[1:])
     return (torch.logsumexp(lw, dim=1) - math.log(k)).mean(0)
-
-
-def iwae_log_likelihood(
-    x: Tensor,
-    posterior: Independent,
-    decode: Callable[[Tensor], Distribution],
-    prior: Distribution,
-    k: int,
-    chunk: int | None = None,
-    generator: torch.Generator | None = None,
-    noise: KeyedNormal | None = None,
-) -> Tensor:
-    """log p(x) ~= logsumexp_i [log p(x|z_i) + log p(z_i) - log q(z_i|x)] - log k: Tensor[B].
-
-    The importance-sampling estimate of Burda et al. (2016); a lower bound in expectation that
-    tightens as k grows. See `importance_log_weights` for sampling and chunking.
-    """
-    log_w = importance_log_weights(x, posterior, decode, prior, k, chunk, generator, noise)
-    return iwae_bound(log_w)
 
 
 # ----- latent usage ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The VAE as a LightningModule: encoder -> q(z|x), decoder -> p(x|z), N(0, I) prior.
 
-The objective is `aevb.metrics.elbo`; this module only composes networks, likelihood and
-optimiser, and logs `{train,val,test}/{elbo,recon,kl,loss}` in nats per datapoint.
+The objective is `aevb.metrics.elbo`; the prior, decoder, likelihood and optimiser come from
+`aevb.latent_model.LatentVariableModel`. Logs `{train,val,test}/{elbo,recon,kl,loss}` in nats
+per datapoint.
 """
 
 from __future__ import annotations
@@ -10,18 +11,15 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Independent, Normal
 
 from aevb import lr_schedules, metrics
 from aevb.distributed import RankStreams
-from aevb.epoch_metrics import ELBOSums, EvaluationSettings, TestPrefix, TestSums
-from aevb.likelihoods import build_likelihood
-from aevb.networks import NetworkSpec, build_networks, init_normal_
+from aevb.epoch_metrics import ELBOSums, EvaluationSettings, TestSums
+from aevb.latent_model import LatentVariableModel
 from aevb.numerics import full_precision
-from aevb.registry import OPTIMIZERS
 from aevb.rng import KeyedNormal, forked_streams, mix_seed
 from aevb.step_groups import StepGroup, run_steps
 
@@ -47,7 +45,7 @@ def manifold_grid(steps: int) -> Tensor:
     return torch.stack([z1, z2], dim=-1).reshape(-1, 2)
 
 
-class VAE(TestPrefix, RankStreams, L.LightningModule):
+class VAE(RankStreams, LatentVariableModel):
     """Variational autoencoder trained by maximising the SGVB estimate of the ELBO.
 
     Args:
@@ -96,46 +94,20 @@ class VAE(TestPrefix, RankStreams, L.LightningModule):
         lr_schedule: dict[str, Any] | None = None,
         evaluation: EvaluationSettings | Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        net = (data_shape, latent_dim, hidden_dims, activation, architecture, likelihood)
+        super().__init__(*net, init_std, channels)
         self.save_hyperparameters(ignore=["evaluation"])
         if isinstance(evaluation, Mapping):  # as the config passes it (no torch in aevb.config)
             evaluation = EvaluationSettings(**evaluation)
         self.evaluation = evaluation or EvaluationSettings()
-        self.data_shape = tuple(data_shape)
-        lik = dict(likelihood or {"name": "bernoulli"})
-        self.likelihood = build_likelihood(lik.pop("name"), self.data_shape, **lik)
-        out = self.likelihood.params_per_pixel
-        spec = NetworkSpec(self.data_shape, latent_dim, hidden_dims, activation, out, channels)
-        self.encoder, self.decoder = build_networks(architecture, spec)
-        if init_std is not None:
-            init_normal_(self, init_std)
-        self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
-        self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
-        #: training datapoints processed so far, over all ranks (saved in checkpoints)
-        self.register_buffer("samples_seen", torch.zeros((), dtype=torch.long))
-        #: the same count as a Python int, read by callbacks every step without a device sync
-        self.samples_seen_host = 0
         #: the running epoch's sums per stage (train, val, test): `_epoch`, `_log_means`
         self._epoch_sums: dict[str, ELBOSums] = {}
 
-    # ----- public probabilistic API -------------------------------------------------------
-    @property
-    def prior(self) -> Independent:
-        """p(z) = N(0, I), event shape [latent_dim]."""
-        return Independent(Normal(self.prior_loc, self.prior_scale, validate_args=False), 1)
-
+    # ----- public probabilistic API (prior, decode, decode_mean, sample: LatentVariableModel) --
     def encode(self, x: Tensor) -> Independent:
         """q(z|x): diagonal Gaussian, batch shape [B], event shape [latent_dim]."""
         mean, logvar = self.encoder(x)
         return metrics.diagonal_gaussian(mean, logvar)
-
-    def decode(self, z: Tensor) -> Distribution:
-        """p(x|z): batch shape [N], event shape = image shape, so log_prob(x) is [N]."""
-        return self.likelihood(self.decoder(z))
-
-    def decode_mean(self, z: Tensor) -> Tensor:
-        """E[x|z] images for codes z [N, D] (moved to the model's device): Tensor[N, C, H, W]."""
-        return self.likelihood.mean(self.decoder(z.to(self.prior_loc.device)))
 
     def elbo_terms(self, x: Tensor, samples: int | None = None) -> metrics.ELBOTerms:
         """recon, KL and per-dimension KL of the bound for a batch (nats per datapoint)."""
@@ -145,14 +117,6 @@ class VAE(TestPrefix, RankStreams, L.LightningModule):
     def elbo(self, x: Tensor, samples: int | None = None) -> Tensor:
         """ELBO(x) per datapoint, Tensor[B] in nats (beta = 1 regardless of training beta)."""
         return self.elbo_terms(x, samples).elbo
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n images E[x|z] with z ~ p(z): Tensor[n, C, H, W] (z drawn on the generator's device,
-        e.g. a CPU generator for the same images on any device)."""
-        where = generator.device if generator is not None else self.prior_loc.device
-        z = torch.randn(n, self.hparams.latent_dim, generator=generator, device=where)
-        return self.decode_mean(z)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -165,7 +129,8 @@ class VAE(TestPrefix, RankStreams, L.LightningModule):
     ) -> Tensor:
         """Importance-sampled log p(x) with k draws from q(z|x) (Burda et al.): Tensor[B], nats."""
         q = self.encode(x)
-        return metrics.iwae_log_likelihood(x, q, self.decode, self.prior, k, chunk, generator)
+        log_w = metrics.importance_log_weights(x, q, self.decode, self.prior, k, chunk, generator)
+        return metrics.iwae_bound(log_w)
 
     # ----- Lightning ----------------------------------------------------------------------
     def beta_at(self, step: int) -> float:
@@ -203,13 +168,6 @@ class VAE(TestPrefix, RankStreams, L.LightningModule):
         if stage not in self._epoch_sums:
             self._epoch_sums[stage] = ELBOSums(per_dim=stage == "val")
         return self._epoch_sums[stage]
-
-    def count_samples(self, n: int) -> None:
-        """Add a step's n datapoints per rank to `samples_seen` (all ranks: n x world size; each
-        rank's shard has the same length, so every step trains n on every rank)."""
-        n *= self.trainer.world_size
-        self.samples_seen += n
-        self.samples_seen_host += n
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         if isinstance(batch, StepGroup):  # steps_per_call > 1: one step per batch of the group
@@ -291,40 +249,3 @@ class VAE(TestPrefix, RankStreams, L.LightningModule):
         values = {f"{prefix}/{k}": v for k, v in means.items()}
         self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)  # already reduced
         return values
-
-    def _log_direct(self, values: dict[str, float]) -> None:
-        """Write scalars straight to the loggers at the current step (rank 0; no Lightning
-        result-collection bookkeeping, so cheap enough for step-level curves)."""
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                logger.log_metrics(values, step=self.global_step)
-
-    def on_train_start(self) -> None:
-        super().on_train_start()  # RankStreams: this rank's training noise
-        self.samples_seen_host = int(self.samples_seen)  # one sync, after a resume's load
-
-    def on_fit_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        first = getattr(dm, "val_images", None)
-        if first is not None:
-            self.likelihood.check_data(first[:1000])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        cfg = dict(self.hparams.optim or {"name": "adam", "lr": 1e-3})
-        name = cfg.pop("name")
-        optimizer = OPTIMIZERS[name](self.parameters(), **cfg)
-        spec = self.hparams.get("lr_schedule")  # absent from checkpoints older than schedules
-        if not spec or spec["name"] == "none":
-            return optimizer
-        scheduler = lr_schedules.lightning_scheduler(optimizer, spec, self.trainer)
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        if not lr_schedules.is_plateau(scheduler):  # plateau: stepped by on_validation_epoch_end
-            super().lr_scheduler_step(scheduler, metric)
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Log the scheduled learning rate of this step as `train/lr` (constant lr: not logged)."""
-        if self.trainer.lr_scheduler_configs and batch_idx % self.trainer.log_every_n_steps == 0:
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-            self._log_direct({lr_schedules.LR_TAG: lr})
