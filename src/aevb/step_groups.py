@@ -10,7 +10,8 @@ divergence guard before every update), and per-step callbacks (`on_optimizer_ste
 learning curves) still run after the very step they would with K = 1, so a run's numbers do not
 depend on K. Settings that count Lightning steps rather than optimisation steps are refused
 with K > 1 (`check_steps_per_call`), and so is DDP (`aevb.training`): its wrapper prepares one
-gradient all-reduce per forward call, and the group's steps run inside one. This module imports no torch (the light CLI uses the check).
+gradient all-reduce per forward call, and the group's steps run inside one. This module
+imports no torch (the light CLI uses the check).
 """
 
 from __future__ import annotations

@@ -102,9 +102,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **trainer_kwargs,
         logger=loggers or False,
         callbacks=[*_instantiate_all(cfg.get("callbacks")), stop],
-        plugins=[
-            checkpoints.AtomicCheckpointIO({**checkpoints.identity(cfg), CHECKPOINT_KEY: k})
-        ],
+        plugins=[checkpoints.AtomicCheckpointIO({**checkpoints.identity(cfg), CHECKPOINT_KEY: k})],
         default_root_dir=str(run_dir),
     )
     if steps is not None and trainer.world_size != planned_world_size(trainer_kwargs):
