@@ -248,4 +248,10 @@ class VAE(RankStreams, LatentVariableModel):
                         writer.add_histogram("val/kl_per_dim", kl_dims.cpu(), self.global_step)
         values = {f"{prefix}/{k}": v for k, v in means.items()}
         self.log_dict(values, on_step=False, on_epoch=True, sync_dist=False)  # already reduced
+        if not self.automatic_optimization:  # steps_per_call > 1: Lightning counts its own steps
+            # Lightning logs the epoch's train and (epoch-end) val means at its step count before
+            # the epoch's last step is added: one back
+            step = self.global_step - (stage in ("train", "val"))
+            at = {"step": float(step), "epoch": float(self.current_epoch)}
+            self.log_dict(at, on_step=False, on_epoch=True, sync_dist=False)  # TensorBoard x
         return values
