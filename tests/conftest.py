@@ -228,6 +228,22 @@ def run_main_probe(module: str, args: list[str], cwd: Path) -> tuple[int, list[s
     return result["code"], heavy, proc.stdout, stderr.strip()
 
 
+def check_light_answer(
+    module: str, script: str, args: list[str], cwd: Path, code: int, needle: str
+) -> None:
+    """`module.main()` answers `args` without HEAVY_MODULES, exits `code` with `needle` in its
+    output; a refusal (2) is one line (after argparse's usage); nothing under cwd is written."""
+    before = sorted(cwd.rglob("*"))
+    status, heavy, out, err = run_main_probe(module, args, cwd)
+    assert (status, heavy) == (code, []), err[-2000:]
+    assert needle in (out if code == 0 else err), out + err
+    if code == 2:
+        lines = err.splitlines()
+        assert lines[-1].startswith(f"{script}: error: ")
+        assert len(lines) == 1 or err.startswith(f"usage: {script} "), err
+    assert sorted(cwd.rglob("*")) == before
+
+
 def interrupt_resume_compare(
     tmp_path: Path,
     common: list[str],
