@@ -11,7 +11,7 @@ import torch
 from aevb.data import EpochShuffle, TensorLoader
 from aevb.step_groups import StepGroup
 
-from .conftest import run_cli, tiny_overrides
+from .conftest import check_light_answer, run_cli, tiny_overrides
 
 #: 500 training images in batches of 50: 10 batches per epoch, 3 groups of 3 and one of 1 with
 #: K = 3; the budget of 27 steps ends inside a group
@@ -138,3 +138,11 @@ def test_ddp_is_refused_before_training(tmp_path: Path, data_root: Path) -> None
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "steps_per_call" in proc.stderr and "DDP" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "ddp" / "checkpoints").exists()
+
+
+def test_refusals_answer_before_torch_loads(tmp_path: Path) -> None:
+    for args, key in (
+        (["steps_per_call=2", "lr_schedule=cosine"], "lr_schedule"),
+        (["steps_per_call=two"], "steps_per_call"),
+    ):
+        check_light_answer("aevb.train", "aevb-train", args, tmp_path, 2, key)

@@ -133,4 +133,6 @@ EPOCH_ONLY = frozenset({"iwae", "plateau"})
 #: choices that select a code path rather than build an object
 BINARIZE = ("none", "dynamic", "static")  #: data.binarize (or "auto": by the likelihood)
 KL_ESTIMATORS = ("analytic", "mc")  #: model.kl: estimator B (eq. 10) or A (eq. 7)
+#: compile.mode: eager (None) or a torch.compile mode (aevb.compiling)
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 MARGINALS = ("none", "hmc")  #: eval.marginal: none, or the Appendix D estimate (test/nll_hmc)

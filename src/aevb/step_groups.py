@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     import lightning as L
     from torch import Tensor
 
-    from aevb.config import Settings
-
 #: checkpoint key of the K a run was written with (absent: 1)
 CHECKPOINT_KEY = "steps_per_call"
 
@@ -44,20 +42,23 @@ def steps_per_call(cfg: Mapping[str, Any]) -> int:
     return value
 
 
-def check_steps_per_call(cfg: Mapping[str, Any], settings: Settings) -> int:
-    """Validate `steps_per_call` against the settings K > 1 cannot honour; returns K."""
+def check_steps_per_call(cfg: Mapping[str, Any]) -> int:
+    """Validate `steps_per_call` against the settings K > 1 cannot honour (reading the composed
+    config, before the likelihood check of `aevb.config.Settings` loads torch); returns K."""
     k = steps_per_call(cfg)
     if k == 1:
         return k
     trainer = cfg.get("trainer") or {}
+    algorithm = (cfg.get("model") or {}).get("algorithm", "aevb")
+    schedule = (cfg.get("lr_schedule") or {}).get("name", "none")
 
     def refuse(key: str, allowed: str, value: Any) -> None:
         raise ConfigError(key, f"{allowed} with steps_per_call={k} (or steps_per_call=1)", value)
 
-    if settings.model.algorithm != "aevb":
-        refuse("model.algorithm", "aevb", settings.model.algorithm)
-    if settings.lr_schedule.name != "none":  # manual optimisation steps no scheduler
-        refuse("lr_schedule", "none", settings.lr_schedule.name)
+    if algorithm != "aevb":
+        refuse("model.algorithm", "aevb", algorithm)
+    if schedule != "none":  # manual optimisation steps no scheduler
+        refuse("lr_schedule", "none", schedule)
     if trainer.get("gradient_clip_val"):
         refuse("trainer.gradient_clip_val", "null", trainer.get("gradient_clip_val"))
     if trainer.get("accumulate_grad_batches", 1) not in (None, 1):

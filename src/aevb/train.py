@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aevb import signals
 from aevb.atomic import describe_os_error
+from aevb.compiling import compile_settings
 from aevb.config import Settings
 from aevb.devices import check_trainer  # also registers the SLURM launcher's resolvers
 from aevb.errors import ConfigError, DataError, Diverged
@@ -97,7 +98,9 @@ def _full_error() -> bool:
 
 def _validate(cfg: DictConfig) -> None:
     """Every check that needs no data or model: values (Settings) and that ckpt_path exists."""
-    check_steps_per_call(cfg, Settings.from_cfg(cfg))
+    check_steps_per_call(cfg)  # torch-free checks first
+    compile_settings(cfg)
+    Settings.from_cfg(cfg)
     check_trainer(cfg.trainer)
     path = cfg.get("ckpt_path")
     if path is not None and not Path(path).is_file():

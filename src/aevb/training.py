@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from aevb import checkpoints, signals
 from aevb.atomic import write_json_atomic
 from aevb.callbacks import log_hparams
+from aevb.compiling import compile_settings, compile_training
 from aevb.config import Settings, budget_steps
 from aevb.data import ImageDataModule
 from aevb.devices import check_accelerator, check_trainer, runtime_record
@@ -74,7 +75,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     written to metrics.json."""
     settings = Settings.from_cfg(cfg)  # raises ConfigError before any work
     check_trainer(cfg.trainer)
-    k = check_steps_per_call(cfg, settings)
+    k = check_steps_per_call(cfg)
+    compile_mode, compile_backend = compile_settings(cfg)
     check_accelerator(cfg.trainer.get("accelerator"))  # here, not in preflight: a login node
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     apply_thread_share(HydraConfig.get().launcher)  # a sweep job's share of the cores
@@ -120,6 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model_cls = ALGORITHMS[settings.model.algorithm]
     model = model_cls(**settings.model_kwargs(datamodule.data_shape, len(datamodule.train_images)))
     model.automatic_optimization = model.automatic_optimization and k == 1  # aevb.step_groups
+    compile_training(model, compile_mode, compile_backend)
     if isinstance(model, MonteCarloEM) and trainer.checkpoint_callback is not None:
         trainer.checkpoint_callback.monitor = MCEM_MONITOR  # no bound: the Appendix D estimate
     monitor = trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else "val/elbo"
@@ -168,6 +171,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             "fit_time_s": round(fit_seconds, 3),
             "hparams": settings.hparams(),
             **runtime_record(trainer),
+            **(
+                {"compile": {"mode": compile_mode, "backend": compile_backend}}
+                if compile_mode
+                else {}
+            ),
         }
     )
     final = {

@@ -7,7 +7,7 @@ per datapoint.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -104,6 +104,9 @@ class VAE(RankStreams, LatentVariableModel):
         self._epoch_sums: dict[str, ELBOSums] = {}
 
     # ----- public probabilistic API (prior, decode, decode_mean, sample: LatentVariableModel) --
+    #: training's torch.compile of `elbo_terms` (`compile.mode`, aevb.compiling); None: eager
+    compiled_terms: Callable[[Tensor], metrics.ELBOTerms] | None = None
+
     def encode(self, x: Tensor) -> Independent:
         """q(z|x): diagonal Gaussian, batch shape [B], event shape [latent_dim]."""
         mean, logvar = self.encoder(x)
@@ -155,7 +158,8 @@ class VAE(RankStreams, LatentVariableModel):
         return beta * kl - terms.recon.mean()
 
     def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
-        terms = self.elbo_terms(batch[0])
+        compiled = stage == "train" and self.compiled_terms is not None  # aevb.compiling
+        terms = (self.compiled_terms if compiled else self.elbo_terms)(batch[0])
         loss = self.loss(terms, self.beta_at(self.global_step) if stage == "train" else None)
         if stage == "train":  # read by aevb.divergence.DivergenceGuard before the update
             self.last_terms = {"recon": terms.recon.detach(), "kl": terms.kl.detach()}
