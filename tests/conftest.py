@@ -51,6 +51,10 @@ SCENARIOS: frozenset[str] = frozenset(
         "tests/test_devices.py::test_asking_for_a_gpu_without_one_is_one_line",
         "tests/test_devices.py::test_slurm_with_all_devices_is_refused_in_one_line",
         "tests/test_experiments.py::test_cfg_job_prints_the_recipe",
+        # test_step_groups: subprocess runs refused late (fast: K=1 vs K=3, light refusals)
+        "tests/test_step_groups.py::test_ddp_is_refused_before_training",
+        "tests/test_step_groups.py::test_a_checkpoint_resumes_only_with_its_steps_per_call",
+        "tests/test_step_groups.py::test_refusals_name_the_setting",
         "tests/test_experiments.py::test_frey_recipe_runs_to_its_budget_with_a_log_spaced_curve",
         "tests/test_experiments.py::test_fig3_recipe_runs_each_algorithm_with_a_marginal_curve",
         "tests/test_figures.py::test_cli_writes_paper_figures_with_expected_panels",
