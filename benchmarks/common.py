@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: matmul-rate probe, peak RSS, table printing."""
+"""Shared pieces of the benchmarks: a hand-written VAE, matmul-rate probe, peak RSS, tables."""
 
 from __future__ import annotations
 
@@ -6,6 +6,35 @@ import resource
 import time
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class HandVAE(nn.Module):
+    """An MLP VAE written out by hand: D-H-2Z encoder, Z-H-(P*D) decoder, analytic KL."""
+
+    def __init__(self, dims: int, hidden: int, latent: int, act: str, gaussian: bool) -> None:
+        super().__init__()
+        self.act = {"tanh": torch.tanh, "relu": F.relu}[act]
+        self.gaussian = gaussian
+        self.enc1, self.enc2 = nn.Linear(dims, hidden), nn.Linear(hidden, 2 * latent)
+        self.dec1 = nn.Linear(latent, hidden)
+        self.dec2 = nn.Linear(hidden, (2 if gaussian else 1) * dims)
+
+    def loss(self, x: Tensor) -> Tensor:
+        """-ELBO per datapoint (estimator B, one z per datapoint), nats."""
+        mu, logvar = self.enc2(self.act(self.enc1(x))).chunk(2, -1)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        out = self.dec2(self.act(self.dec1(z)))
+        if self.gaussian:
+            mean, log_var = out.chunk(2, -1)
+            mean = torch.sigmoid(mean)
+            nll = 0.5 * (log_var + (x - mean).pow(2) * torch.exp(-log_var) + 1.8378770664093453)
+            nll = nll.sum()
+        else:
+            nll = F.binary_cross_entropy_with_logits(out, x, reduction="sum")
+        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+        return (nll + kl) / x.shape[0]
 
 
 def matmul_rate(batch: int, layers: list[tuple[int, int]], seconds: float = 1.0) -> float:

@@ -30,11 +30,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table  # noqa: E402
+from common import HandVAE, print_table  # noqa: E402
 
 #: aevb-train overrides per recipe (plus data.root, the budget and the evaluation callbacks off)
 RECIPES = {
@@ -50,33 +48,6 @@ EVALUATION_CALLBACKS = ("learning_curve", "marginal_curve")
 HAND_SPEC: dict[str, object] = {}
 
 
-class HandVAE(nn.Module):
-    """An MLP VAE written out by hand: D-H-2Z encoder, Z-H-(P*D) decoder, analytic KL."""
-
-    def __init__(self, dims: int, hidden: int, latent: int, act: str, gaussian: bool) -> None:
-        super().__init__()
-        self.act = {"tanh": torch.tanh, "relu": F.relu}[act]
-        self.gaussian = gaussian
-        self.enc1, self.enc2 = nn.Linear(dims, hidden), nn.Linear(hidden, 2 * latent)
-        self.dec1 = nn.Linear(latent, hidden)
-        self.dec2 = nn.Linear(hidden, (2 if gaussian else 1) * dims)
-
-    def loss(self, x: Tensor) -> Tensor:
-        """-ELBO per datapoint (estimator B, one z per datapoint), nats."""
-        mu, logvar = self.enc2(self.act(self.enc1(x))).chunk(2, -1)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        out = self.dec2(self.act(self.dec1(z)))
-        if self.gaussian:
-            mean, log_var = out.chunk(2, -1)
-            mean = torch.sigmoid(mean)
-            nll = 0.5 * (log_var + (x - mean).pow(2) * torch.exp(-log_var) + 1.8378770664093453)
-            nll = nll.sum()
-        else:
-            nll = F.binary_cross_entropy_with_logits(out, x, reduction="sum")
-        kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-        return (nll + kl) / x.shape[0]
-
-
 class Interleave(L.Callback):
     """Times aevb's training steps and runs the bare loops' chunks between them."""
 
@@ -88,7 +59,6 @@ class Interleave(L.Callback):
         Interleave.last = self
         self.times: dict[str, float] = {"aevb": 0.0, "bare-aevb": 0.0, "bare-hand": 0.0}
         self.steps: dict[str, int] = dict.fromkeys(self.times, 0)
-        self.chunks: dict[str, list[float]] = {k: [] for k in self.times}
         self._since: float | None = None
         self._step0 = 0
 
@@ -117,8 +87,6 @@ class Interleave(L.Callback):
             steps = trainer.global_step - self._step0
             self.times["aevb"] += elapsed
             self.steps["aevb"] += steps
-            if steps:
-                self.chunks["aevb"].append(elapsed / steps)
         self._since = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -134,7 +102,8 @@ class Interleave(L.Callback):
         model, opt = self.bare[name]
         x_all, n = self.images, len(self.images)
         start = time.perf_counter()
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(len(self.chunks[name])))
+        seed = self.steps[name] // self.chunk  # a new order for every chunk
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         order = order.to(x_all.device)
         for i in range(self.chunk):
             j = (i * self.batch) % (n - self.batch + 1)
@@ -151,7 +120,6 @@ class Interleave(L.Callback):
         elapsed = time.perf_counter() - start
         self.times[name] += elapsed
         self.steps[name] += self.chunk
-        self.chunks[name].append(elapsed / self.chunk)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._pause(trainer)

@@ -25,10 +25,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import torchvision
-from common import matmul_rate, peak_rss_mb, print_table
-from torch import nn
+from common import HandVAE, matmul_rate, peak_rss_mb, print_table
 from torch.utils.data import DataLoader
 
 EPOCH = 60_000
@@ -45,25 +43,8 @@ class EpochTimer(L.Callback):
         EPOCH_TIMES.append(time.perf_counter() - self._start)
 
 
-class PlainVAE(nn.Module):
-    """pytorch/examples' VAE layout with a configurable width."""
-
-    def __init__(self, hidden: int, latent: int) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(784, hidden), nn.Linear(hidden, 2 * latent)
-        self.fc3, self.fc4 = nn.Linear(latent, hidden), nn.Linear(hidden, 784)
-
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        mu, logvar = self.fc2(F.relu(self.fc1(x))).chunk(2, -1)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        logits = self.fc4(F.relu(self.fc3(z)))
-        bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-        kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
-        return (bce + kld) / x.shape[0]
-
-
 def run_plain(images: torch.Tensor, args: argparse.Namespace) -> list[float]:
-    model = PlainVAE(args.hidden, args.latent)
+    model = HandVAE(784, args.hidden, args.latent, "relu", gaussian=False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x_all = images.flatten(1)
     times = []
@@ -84,7 +65,7 @@ def run_dataloader(root: str, args: argparse.Namespace) -> list[float]:
         root, train=True, download=False, transform=torchvision.transforms.ToTensor()
     )
     loader = DataLoader(ds, batch_size=args.batch_size, shuffle=True)
-    model = PlainVAE(args.hidden, args.latent)
+    model = HandVAE(784, args.hidden, args.latent, "relu", gaussian=False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     times = []
     for _ in range(args.epochs):
@@ -154,7 +135,10 @@ def main() -> None:
         (args.hidden, 784),
     ]
     rate = matmul_rate(args.batch_size, layers)
-    params = sum(m.numel() for m in PlainVAE(args.hidden, args.latent).parameters())
+    params = sum(
+        m.numel()
+        for m in HandVAE(784, args.hidden, args.latent, "relu", gaussian=False).parameters()
+    )
     bound = 6 * params * EPOCH / rate
     rows: list[dict[str, object]] = [{"path": "(a) matmul bound", "s/epoch": bound}]
     results: dict[str, list[float]] = {}
