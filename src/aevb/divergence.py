@@ -68,8 +68,8 @@ class DivergenceGuard(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         terms: dict[str, Tensor] = dict(getattr(pl_module, "last_terms", None) or {})
-        grads = [p.grad for p in getattr(self, "_params", ()) if p.grad is not None]
-        grads = grads if self.check_grads else []
+        params = getattr(self, "_params", ()) if self.check_grads else ()
+        grads = [p.grad for p in params if p.grad is not None]
         if not terms and not grads:
             return
         # one fused pass: a tensor is non-finite iff its L2 norm is (norms beyond float32's
