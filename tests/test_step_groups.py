@@ -146,3 +146,34 @@ def test_refusals_answer_before_torch_loads(tmp_path: Path) -> None:
         (["steps_per_call=two"], "steps_per_call"),
     ):
         check_light_answer("aevb.train", "aevb-train", args, tmp_path, 2, key)
+
+
+def test_direct_steps_only_where_lightning_would_add_nothing_but_dispatch() -> None:
+    """A group's steps bypass manual_backward/LightningOptimizer.step only on one device in 32
+    bits with no backward hooks, and then call the guard's on_before_optimizer_step."""
+    import lightning as L
+
+    from aevb.divergence import DivergenceGuard
+    from aevb.step_groups import _direct_hooks
+
+    class Watch(L.Callback):
+        def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            pass
+
+    def trainer(*callbacks: L.Callback, precision: str = "32-true") -> L.Trainer:
+        return L.Trainer(
+            callbacks=list(callbacks),
+            accelerator="cpu",
+            devices=1,
+            precision=precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+
+    guard, module = DivergenceGuard(), L.LightningModule()
+    hooks = _direct_hooks(trainer(guard), module)
+    assert hooks is not None and [h.func for h in hooks] == [guard.on_before_optimizer_step]
+    assert _direct_hooks(trainer(guard, Watch()), module) is None
+    assert _direct_hooks(trainer(guard, precision="64-true"), module) is None
