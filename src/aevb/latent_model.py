@@ -9,7 +9,7 @@ data against the likelihood's support. The algorithms add their objective and th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -97,12 +97,13 @@ class LatentVariableModel(TestPrefix, L.LightningModule):
         self.samples_seen += n
         self.samples_seen_host += n
 
-    def _log_direct(self, values: dict[str, float]) -> None:
-        """Write scalars straight to the loggers at the current step (rank 0; no Lightning
-        result-collection bookkeeping, so cheap enough for step-level curves)."""
+    def _log_direct(self, values: Mapping[str, float | Tensor], step: int | None = None) -> None:
+        """Write scalars straight to the loggers at `step` (default: the current one; rank 0; no
+        Lightning result-collection bookkeeping, so cheap enough for step-level curves)."""
         if self.trainer.is_global_zero:
+            scalars = {k: v.item() if isinstance(v, Tensor) else v for k, v in values.items()}
             for logger in self.loggers:
-                logger.log_metrics(values, step=self.global_step)
+                logger.log_metrics(scalars, step=self.global_step if step is None else step)
 
     def on_train_start(self) -> None:
         self.samples_seen_host = int(self.samples_seen)  # one sync, after a resume's load
