@@ -179,3 +179,23 @@ def _poll(probe, timeout: float = 60):
         if time.monotonic() > deadline:
             raise TimeoutError("tensorboard did not answer")
         time.sleep(0.5)
+
+
+def test_declaring_the_columns_does_not_import_torch(tmp_path: Path) -> None:
+    """The sweep's launching process writes the declaration with tensorboard's own writer: it
+    never pays torch's import (seconds) before its first job starts."""
+    code = (
+        "import sys\n"
+        "from omegaconf import OmegaConf\n"
+        "from aevb.hparams import write_sweep_experiment\n"
+        "cfg = OmegaConf.create({'hydra': {'overrides': {'task': ['model.latent_dim=2,3']}}})\n"
+        "swept = write_sweep_experiment(sys.argv[1], cfg)\n"
+        "print(sorted(swept), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["['model.latent_dim']", "False"]
+    root = _hparams_data(tmp_path)
+    names = [h.name for h in root["_hparams_/experiment"].experiment.hparam_infos]
+    assert names == ["model.latent_dim"]
