@@ -177,3 +177,9 @@ def test_direct_steps_only_where_lightning_would_add_nothing_but_dispatch() -> N
     assert hooks is not None and [h.func for h in hooks] == [guard.on_before_optimizer_step]
     assert _direct_hooks(trainer(guard, Watch()), module) is None
     assert _direct_hooks(trainer(guard, precision="64-true"), module) is None
+
+    class OwnBackward(L.LightningModule):
+        def backward(self, loss: torch.Tensor, *args: object, **kwargs: object) -> None:
+            loss.backward()
+
+    assert _direct_hooks(trainer(guard), OwnBackward()) is None

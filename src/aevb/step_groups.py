@@ -124,7 +124,8 @@ def _direct_hooks(trainer: L.Trainer, module: L.LightningModule) -> list[Callabl
     """The `on_before_optimizer_step` hooks (callbacks', then the module's) to call around a
     direct step, or None where a step must go through Lightning: another strategy or precision
     than one device in 32 bits (their backward and step differ), or a callback or the module
-    that defines `on_before_backward`/`on_after_backward` (only Lightning's path calls them)."""
+    that defines `on_before_backward`/`on_after_backward`, or a module with its own `backward`
+    (only Lightning's path calls them)."""
     import lightning as L
     from lightning.pytorch.plugins.precision import Precision
     from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -137,6 +138,8 @@ def _direct_hooks(trainer: L.Trainer, module: L.LightningModule) -> list[Callabl
     for obj, base in owners:
         if any(_overrides(obj, base, name) for name in _BACKWARD_HOOKS):
             return None
+    if _overrides(module, L.LightningModule, "backward"):  # Lightning's backward calls it
+        return None
     hooks: list[Callable] = [
         partial(c.on_before_optimizer_step, trainer, module)
         for c in trainer.callbacks
