@@ -231,3 +231,26 @@ def test_data_seed_and_plus_prefixed_seeds_group_too(tmp_path: Path) -> None:
 def test_no_seed_table_when_no_seed_is_swept(sweep: Path) -> None:
     md = write_summary(sweep)[1].read_text()
     assert "Over seeds" not in md and (sweep / "summary_seeds.csv").is_file()
+
+
+def test_the_appendix_d_estimate_is_a_column_only_when_a_job_reports_it(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """MCEM has no bound: its -log p(x) is test/nll_hmc, shown (and aggregated over seeds) when
+    a job reports it; sweeps without it keep their columns."""
+    assert "test/nll_hmc" not in summarize(sweep)[1][0]
+    s = tmp_path / "fig3"
+    mcem = {"status": "completed", "test/nll_hmc": 130.0, "samples_seen": 100, "wall_time_s": 2.0}
+    _job(s, "0", 0, ["model.algorithm=mcem", "seed=1"], mcem)
+    _job(s, "1", 1, ["model.algorithm=mcem", "seed=2"], {**mcem, "test/nll_hmc": 132.0})
+    _job(s, "2", 2, ["model.algorithm=aevb", "seed=1"], _completed(-100.0, 1.0))
+    swept, rows = summarize(s)
+    assert [r["test/nll_hmc"] for r in rows] == [130.0, 132.0, None]
+    groups = aggregate(swept, rows)[1]
+    assert groups[0]["test/nll_hmc/mean"] == 131.0 and groups[0]["test/nll_hmc/n"] == 2
+    write_summary(s)
+    md = (s / "summary.md").read_text()
+    assert md.count("| test/nll_hmc |") == 2  # a column of both tables
+    assert "131.00 ± 1.41" in md and "| 132.00 |" in md
+    header = next(csv.reader((s / "summary.csv").open()))
+    assert "test/nll_hmc" in header

@@ -52,6 +52,9 @@ METRIC_COLUMNS = (
     "samples_seen",
     "wall_time_s",
 )
+#: metrics.json keys shown only when a job of the sweep reports them: the Appendix D estimate
+#: of -log p(x) of runs that evaluate it (MCEM, which has no bound, and Fig. 3's runs)
+OPTIONAL_COLUMNS = ("test/nll_hmc",)
 #: overrides that only repeat a configuration: jobs differing in these alone are aggregated
 SEED_KEYS = ("seed", "data.seed")
 #: a Hydra job-log line at level ERROR: "[time][logger][ERROR] - message"
@@ -129,7 +132,7 @@ def read_job(job: Path) -> dict[str, Any]:
         if not isinstance(metrics, dict):
             metrics = {"status": "unreadable", "error": "metrics.json is not a JSON object"}
     row: dict[str, Any] = {"overrides": _override_pairs(job)}
-    for key in METRIC_COLUMNS:
+    for key in (*METRIC_COLUMNS, *OPTIONAL_COLUMNS):
         value = (metrics or {}).get(key)
         row[key] = value if isinstance(value, int | float) and not isinstance(value, bool) else None
     if metrics is not None and metrics.get("status") == "completed":
@@ -164,12 +167,14 @@ def summarize(sweep_dir: str | Path) -> tuple[list[str], list[dict[str, Any]]]:
         for k in seen
         if len(values_by_key[k]) > 1 or any(k not in dict(r["overrides"]) for r in raw)
     ]
+    reported = [k for k in OPTIONAL_COLUMNS if any(r[k] is not None for r in raw)]
+    metrics = [*METRIC_COLUMNS, *reported]
     rows = []
     for job, r in zip(jobs, raw, strict=True):
         given = dict(r["overrides"])
         row: dict[str, Any] = {"job": str(job.relative_to(sweep_dir))}
         row.update({k: given.get(k, "") for k in swept})
-        row.update({k: r[k] for k in METRIC_COLUMNS})
+        row.update({k: r[k] for k in metrics})
         row["status"], row["error"] = r["status"], r["error"]
         row["overrides"] = " ".join(f"{k}={v}" if v else k for k, v in r["overrides"])
         rows.append(row)
@@ -188,7 +193,7 @@ def aggregate(
 
     A configuration is the jobs' values of the swept keys other than seeds, in order of first
     appearance. Each row holds those values, `jobs` (the job names), `failed` (how many did not
-    complete) and, per metric M of METRIC_COLUMNS over the completed jobs that report it,
+    complete) and, per metric M of the rows' metric columns over the completed jobs that report it,
     `M/mean`, `M/std` (sample standard deviation, None for n < 2) and `M/n`.
     """
     keys = [k for k in swept if not is_seed(k)]
@@ -200,7 +205,7 @@ def aggregate(
         agg: dict[str, Any] = dict(zip(keys, values, strict=True))
         agg["jobs"] = " ".join(r["job"] for r in members)
         agg["failed"] = sum(r["status"] != "completed" for r in members)
-        for metric in METRIC_COLUMNS:
+        for metric in metric_columns(rows):
             xs = [
                 r[metric] for r in members if r["status"] == "completed" and r[metric] is not None
             ]
@@ -209,6 +214,14 @@ def aggregate(
             agg[f"{metric}/n"] = len(xs)
         out.append(agg)
     return keys, out
+
+
+def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The metric columns of summary rows (or aggregated rows): METRIC_COLUMNS, then the
+    OPTIONAL_COLUMNS that `summarize` kept because a job reports them."""
+    first = rows[0] if rows else {}
+    optional = [k for k in OPTIONAL_COLUMNS if k in first or f"{k}/n" in first]
+    return [*METRIC_COLUMNS, *optional]
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
@@ -249,7 +262,8 @@ def _mean_std_cell(metric: str, agg: dict[str, Any], completed: int) -> str:
 
 def seeds_markdown(keys: list[str], groups: list[dict[str, Any]]) -> list[str]:
     """The aggregated table's markdown lines: one row per configuration, mean ± std per metric."""
-    columns = [*keys, "n", "failed", *METRIC_COLUMNS, "jobs"]
+    metrics = metric_columns(groups)
+    columns = [*keys, "n", "failed", *metrics, "jobs"]
     lines = [
         "## Over seeds",
         "",
@@ -262,7 +276,7 @@ def seeds_markdown(keys: list[str], groups: list[dict[str, Any]]) -> list[str]:
     for agg in groups:
         completed = len(agg["jobs"].split()) - agg["failed"]
         cells = [_cell(k, agg[k]) for k in keys] + [str(completed), str(agg["failed"])]
-        cells += [_mean_std_cell(m, agg, completed) for m in METRIC_COLUMNS]
+        cells += [_mean_std_cell(m, agg, completed) for m in metrics]
         lines.append("| " + " | ".join([*cells, agg["jobs"]]) + " |")
     return lines
 
@@ -270,7 +284,7 @@ def seeds_markdown(keys: list[str], groups: list[dict[str, Any]]) -> list[str]:
 def to_markdown(sweep_dir: Path, swept: list[str], rows: list[dict[str, Any]]) -> str:
     """Markdown tables (nats per datapoint), without the constant overrides: the jobs grouped
     over seeds first when the sweep varies a seed, then one row per job."""
-    columns = ["job", *swept, *METRIC_COLUMNS, "status", "error"]
+    columns = ["job", *swept, *metric_columns(rows), "status", "error"]
     done = sum(r["status"] == "completed" for r in rows)
     stopped = sum(r["status"] == "interrupted" for r in rows)
     lines = [
