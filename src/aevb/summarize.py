@@ -197,6 +197,7 @@ def aggregate(
     `M/mean`, `M/std` (sample standard deviation, None for n < 2) and `M/n`.
     """
     keys = [k for k in swept if not is_seed(k)]
+    metrics = metric_columns(rows)
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
@@ -205,7 +206,7 @@ def aggregate(
         agg: dict[str, Any] = dict(zip(keys, values, strict=True))
         agg["jobs"] = " ".join(r["job"] for r in members)
         agg["failed"] = sum(r["status"] != "completed" for r in members)
-        for metric in metric_columns(rows):
+        for metric in metrics:
             xs = [
                 r[metric] for r in members if r["status"] == "completed" and r[metric] is not None
             ]
