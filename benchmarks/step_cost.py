@@ -14,7 +14,9 @@ The bare loops run inside the aevb fit, `--chunk` steps each after every `--chun
 so all three see the same machine state (load, caches, turbo) and the ratios hold on a busy
 machine; each path's time is the sum of its chunks over the steps it took. One aevb fit runs
 per `--steps-per-call` value (aevb-train's `steps_per_call`: optimisation steps per Lightning
-step, `aevb.step_groups`), each against the bare chunks interleaved with it.
+step, `aevb.step_groups`), each against the bare chunks interleaved with it. `--warmup N` leaves
+aevb's first N steps out of its per-step time (their wall time is reported on its own): with
+`compile.mode=default` they hold Inductor's compilation, which a long run pays once.
 
     python benchmarks/step_cost.py --data-root ../shared/data --recipe paper_mnist --steps 3000
 """
@@ -54,8 +56,9 @@ class Interleave(L.Callback):
     #: the instance the fit used (Hydra builds it from the config)
     last: Interleave | None = None
 
-    def __init__(self, chunk: int) -> None:
-        self.chunk = chunk
+    def __init__(self, chunk: int, warmup: int = 0) -> None:
+        self.chunk, self.warmup = chunk, warmup
+        self.warmup_s: float | None = None  # wall time of aevb's first `warmup` steps
         Interleave.last = self
         self.times: dict[str, float] = {"aevb": 0.0, "bare-aevb": 0.0, "bare-hand": 0.0}
         self.steps: dict[str, int] = dict.fromkeys(self.times, 0)
@@ -76,7 +79,9 @@ class Interleave(L.Callback):
         }
         self.batch = trainer.datamodule.batch_size
         self.gen = torch.Generator(device=pl_module.device).manual_seed(0)
-        self._resume(trainer)
+        self._started = time.perf_counter()
+        if not self.warmup:
+            self._resume(trainer)
 
     def _resume(self, trainer: L.Trainer) -> None:
         self._since, self._step0 = time.perf_counter(), trainer.global_step
@@ -90,6 +95,9 @@ class Interleave(L.Callback):
         self._since = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.warmup_s is None and self.warmup and trainer.global_step >= self.warmup:
+            self.warmup_s = time.perf_counter() - self._started  # validation included, if any
+            self._resume(trainer)
         if trainer.global_step - self._step0 < self.chunk or self._since is None:
             return
         self._pause(trainer)
@@ -125,7 +133,7 @@ class Interleave(L.Callback):
         self._pause(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and (self.warmup_s is not None or not self.warmup):
             self._resume(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -145,6 +153,12 @@ def main() -> None:
         type=lambda text: [int(k) for k in text.split(",")],
         default=[1, 8],
         help="comma-separated values of aevb-train's steps_per_call: one fit each (default 1,8)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="aevb steps left out of its per-step time (e.g. compilation); reported on their own",
     )
     p.add_argument("overrides", nargs="*", help="extra aevb-train overrides")
     args = p.parse_args()
@@ -167,11 +181,12 @@ def main() -> None:
     present = [c for c in EVALUATION_CALLBACKS if probe.callbacks.get(c) is not None]
     overrides = [
         *base,
-        f"budget_samples={args.steps * batch}",
+        f"budget_samples={(args.steps + args.warmup) * batch}",
         "trainer.enable_progress_bar=false",
         *(f"callbacks.{c}=null" for c in present),
         "+callbacks.step_cost._target_=__main__.Interleave",
         f"+callbacks.step_cost.chunk={args.chunk}",
+        f"+callbacks.step_cost.warmup={args.warmup}",
     ]
     with initialize_config_dir(config_dir(), version_base="1.3", job_name="step_cost"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
@@ -202,6 +217,7 @@ def main() -> None:
             {
                 "steps_per_call": k,
                 "aevb steps": timer.steps["aevb"],
+                "warm-up s": "-" if timer.warmup_s is None else f"{timer.warmup_s:.1f}",
                 "aevb ms/step": ms["aevb"],
                 "bare-aevb ms/step": ms["bare-aevb"],
                 "bare-hand ms/step": ms["bare-hand"],
@@ -213,6 +229,7 @@ def main() -> None:
         f"recipe {args.recipe}: batch {batch}, {torch.get_num_threads()} threads "
         f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}), bare chunks of "
         f"{args.chunk} steps interleaved, load average {os.getloadavg()[0]:.1f}"
+        + (f"; overrides: {' '.join(args.overrides)}" if args.overrides else "")
     )
     print_table(rows, list(rows[0]))
     for row in rows:

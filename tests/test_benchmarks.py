@@ -75,7 +75,7 @@ def test_cli_latency_smoke() -> None:
 
 def test_step_cost_smoke(data_root) -> None:
     options = (
-        "--recipe default --steps 24 --chunk 6 --steps-per-call 1,3 data.val_size=100 "
+        "--recipe default --steps 24 --chunk 6 --warmup 6 --steps-per-call 1,3 data.val_size=100 "
         "data.batch_size=50 model.hidden_dims=[16] model.latent_dim=2 trainer=cpu "
         "eval.iw_samples=10 eval.iwae_ks=[1,5]"
     )
@@ -83,4 +83,5 @@ def test_step_cost_smoke(data_root) -> None:
     for k in (1, 3):
         assert f"goal 1 (steps_per_call={k}): aevb-train = " in out, out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["1"], ["3"])]
-    assert [int(r[1]) for r in rows] == [24, 24], out  # each fit took its 24 steps
+    assert [int(r[1]) for r in rows] == [24, 24], out  # each timed its 24 steps after warm-up
+    assert all(float(r[2]) > 0 for r in rows), out  # the warm-up's own wall time
