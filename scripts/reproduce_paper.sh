@@ -4,7 +4,7 @@
 # Nz = 2 (Figs. 4/5) at BUDGET training samples (default: the paper's 10^8), each with the step
 # size aevb-step-size chose for its (data, algorithm, Nz) (conf/experiment/paper/step_size_*.yaml),
 # as single runs under OUT, JOBS at a time with one thread each at low priority (Frey Face first,
-# then MNIST longest first; AEVB runs with steps_per_call=$AEVB_STEPS_PER_CALL, default 8);
+# then MNIST longest first; new runs with steps_per_call=$STEPS_PER_CALL, default 8);
 # then the committable copies and the figures (the `sync` step below).
 # Each run dir is self-contained; aevb-figures combines whatever runs exist. Re-running the
 # script skips completed runs (in OUT or already copied to docs/reproduction/runs) and resumes
@@ -99,9 +99,9 @@ restore
                 != \"completed\" or m[\"samples_seen\"] < int(sys.argv[2]))" $m '"$budget"' 2>/dev/null
         then echo "skip $name (completed in $m)"; exit 0; fi
     done
-    # AEVB runs take steps_per_call optimisation steps per Lightning step (the same numbers,
+    # runs take steps_per_call optimisation steps per Lightning step (the same numbers,
     # faster); a run resumes with the value it started with (absent from older configs: 1)
-    k=${AEVB_STEPS_PER_CALL:-8}; [ "$2" = aevb ] || k=1
+    k=${STEPS_PER_CALL:-${AEVB_STEPS_PER_CALL:-8}}
     cfg='"$out"'/$name/.hydra/config.yaml
     if [ -f "$cfg" ]; then k=$(sed -n "s/^steps_per_call: *//p" "$cfg"); k=${k:-1}; fi
     nice -n 19 aevb-train +experiment=paper_fig2_$0 model.latent_dim=$1 model.algorithm=$2 \

@@ -85,10 +85,16 @@ def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: sorted(points) for tag, points in out.items()}
 
 
-def test_a_run_is_the_same_with_three_steps_per_call(tmp_path: Path, data_root: Path) -> None:
+@pytest.mark.parametrize("algorithm", ["aevb", "wake_sleep"])
+def test_a_run_is_the_same_with_three_steps_per_call(
+    tmp_path: Path, data_root: Path, algorithm: str
+) -> None:
+    extra = [f"model.algorithm={algorithm}"]
+    if algorithm == "wake_sleep":  # its losses are logged every 4th batch: inside groups too
+        extra.append("trainer.log_every_n_steps=4")
     runs = [
-        _train(tmp_path, data_root, "k1"),
-        _train(tmp_path, data_root, "k3", "steps_per_call=3"),
+        _train(tmp_path, data_root, "k1", *extra),
+        _train(tmp_path, data_root, "k3", "steps_per_call=3", *extra),
     ]
     one, three = (_numbers(run) for run in runs)
     assert one[0]["global_step"] == 27 and one[0]["samples_seen"] == 1350
@@ -96,12 +102,15 @@ def test_a_run_is_the_same_with_three_steps_per_call(tmp_path: Path, data_root: 
     assert three == one  # every test metric and curve point, bit for bit
     logged = [_scalars(run) for run in runs]
     assert {"train/elbo", "val/elbo", "epoch"} <= set(logged[0])
+    if algorithm == "wake_sleep":
+        assert len(logged[0]["train/wake_loss"]) >= 6  # batches 0, 4, 8 of every epoch
+        assert {"train/wake_loss", "train/sleep_loss"} <= set(logged[0])
     assert logged[1] == logged[0]  # TensorBoard too: same values at the same steps
 
 
 def test_refusals_name_the_setting(tmp_path: Path, data_root: Path) -> None:
     cases = {
-        "model.algorithm=wake_sleep": "model.algorithm",
+        "model.algorithm=mcem": "model.algorithm",
         "lr_schedule=cosine": "lr_schedule",
         "trainer.gradient_clip_val=1.0": "trainer.gradient_clip_val",
         "+trainer.val_check_interval=5": "trainer.val_check_interval",

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: checkpoint key of the K a run was written with (absent: 1)
 CHECKPOINT_KEY = "steps_per_call"
+#: algorithms whose training step is one loss and one optimiser step per batch
+GROUPED_ALGORITHMS = ("aevb", "wake_sleep")
 
 
 class StepGroup(list):
@@ -56,8 +58,8 @@ def check_steps_per_call(cfg: Mapping[str, Any]) -> int:
     def refuse(key: str, allowed: str, value: Any) -> None:
         raise ConfigError(key, f"{allowed} with steps_per_call={k} (or steps_per_call=1)", value)
 
-    if algorithm != "aevb":
-        refuse("model.algorithm", "aevb", algorithm)
+    if algorithm not in GROUPED_ALGORITHMS:  # MCEM takes its own optimiser steps per batch
+        refuse("model.algorithm", " or ".join(GROUPED_ALGORITHMS), algorithm)
     if schedule != "none":  # manual optimisation steps no scheduler
         refuse("lr_schedule", "none", schedule)
     if trainer.get("gradient_clip_val"):

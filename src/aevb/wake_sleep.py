@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from aevb import metrics
+from aevb.step_groups import StepGroup, run_steps
 from aevb.vae import VAE
 
 
@@ -52,7 +53,9 @@ class WakeSleep(VAE):
         z, x = self.dream(n)
         return -self.encode(x).log_prob(z).mean()
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        if isinstance(batch, StepGroup):  # steps_per_call > 1: one step per batch of the group
+            return run_steps(self, batch, batch_idx, self.training_step)
         x = batch[0]
         self.count_samples(x.shape[0])
         terms, wake = self.wake_loss(x)
