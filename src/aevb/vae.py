@@ -175,7 +175,12 @@ class VAE(RankStreams, LatentVariableModel):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
         if isinstance(batch, StepGroup):  # steps_per_call > 1: one step per batch of the group
-            return run_steps(self, batch, batch_idx, self.training_step)
+            return run_steps(self, batch, batch_idx, self.train_batch)
+        return self.train_batch(batch, batch_idx)
+
+    def train_batch(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """The loss of one training batch (one optimisation step); subclasses with another
+        objective (wake-sleep) override this, and step groups come with it."""
         self.count_samples(batch[0].shape[0])
         if self.hparams.kl_warmup_steps > 0 and batch_idx % self.trainer.log_every_n_steps == 0:
             self._log_direct({"train/beta": self.beta_at(self.global_step)})

@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from aevb import metrics
-from aevb.step_groups import StepGroup, run_steps
 from aevb.vae import VAE
 
 
@@ -53,9 +52,7 @@ class WakeSleep(VAE):
         z, x = self.dream(n)
         return -self.encode(x).log_prob(z).mean()
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
-        if isinstance(batch, StepGroup):  # steps_per_call > 1: one step per batch of the group
-            return run_steps(self, batch, batch_idx, self.training_step)
+    def train_batch(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x = batch[0]
         self.count_samples(x.shape[0])
         terms, wake = self.wake_loss(x)
