@@ -217,7 +217,7 @@ def main() -> None:
             {
                 "steps_per_call": k,
                 "aevb steps": timer.steps["aevb"],
-                "warm-up s": "-" if timer.warmup_s is None else f"{timer.warmup_s:.1f}",
+                "warm-up s": "-" if timer.warmup_s is None else f"{timer.warmup_s:.3g}",
                 "aevb ms/step": ms["aevb"],
                 "bare-aevb ms/step": ms["bare-aevb"],
                 "bare-hand ms/step": ms["bare-hand"],
