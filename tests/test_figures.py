@@ -209,6 +209,18 @@ def test_fig3_draws_two_panels_of_six_curves_from_marginal_curves(tmp_path: Path
     assert "| MNIST | 1000 | MCEM | 2.00e+07 | -178.0 | -193.0 |" in table[4]
 
 
+def test_fig3_takes_the_longer_of_a_run_and_its_committed_copy(tmp_path: Path) -> None:
+    """scripts/reproduce_paper.sh draws from the campaign's run dirs and their copies in docs/:
+    one curve and one table row per (N_train, algorithm), the one that reached more samples."""
+    _fig3_run(tmp_path / "out", 1000, "mcem", 0.0, done=True)  # 7 points, completed
+    _fig3_run(tmp_path / "copies", 1000, "mcem", 5.0, done=False)  # an older, shorter copy
+    manifest = make_figures([tmp_path / "copies", tmp_path / "out"], tmp_path / "figs")
+    (panel,) = manifest["figures"]["fig3_mnist"]["panels"]
+    assert [(c["points"], c["status"]) for c in panel["curves"]] == [(7, "completed")]
+    rows = (tmp_path / "figs" / "summary.md").read_text().splitlines()[2:]
+    assert rows == ["| MNIST | 1000 | MCEM | 6.00e+07 | -140.0 | -175.0 | 100.0 min | completed |"]
+
+
 def test_without_out_figures_go_to_a_figures_folder_not_over_a_sweeps_summary(
     tmp_path: Path,
 ) -> None:

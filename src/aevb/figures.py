@@ -147,6 +147,19 @@ def _pick(runs: list[RunInfo]) -> dict[tuple[str, int, str], RunInfo]:
     return best
 
 
+def _pick_marginal(runs: list[RunInfo]) -> list[RunInfo]:
+    """One Fig. 3 run per (data, N_train, algorithm): the one whose marginal-likelihood curve
+    reaches the most samples (a run dir and its committed copy are one run)."""
+    best: dict[tuple[str, int | None, str], RunInfo] = {}
+    for r in runs:
+        key = (r.data, r.num_train, r.algorithm)
+        if r.marginal and (
+            key not in best or r.marginal[-1]["samples"] > best[key].marginal[-1]["samples"]
+        ):
+            best[key] = r
+    return list(best.values())
+
+
 # ----- drawing ----------------------------------------------------------------------------------
 def _new_figure(panels: int, width: float, height: float) -> tuple[Any, list[Any]]:
     from matplotlib.figure import Figure  # late: slow import
@@ -265,15 +278,7 @@ def figure3(runs: list[RunInfo], data: str, out: Path) -> dict[str, Any]:
     log-likelihood of training (solid) and test (dashed) points against training samples
     evaluated (millions, linear), one colour per algorithm; the run of each (N_train,
     algorithm) that reached the most samples; a run that has not completed is labelled."""
-    best: dict[tuple[int | None, str], RunInfo] = {}
-    for r in runs:
-        key = (r.num_train, r.algorithm)
-        if (
-            r.data == data
-            and r.marginal
-            and (key not in best or r.marginal[-1]["samples"] > best[key].marginal[-1]["samples"])
-        ):
-            best[key] = r
+    best = {(r.num_train, r.algorithm): r for r in _pick_marginal(runs) if r.data == data}
     sizes = sorted({k[0] for k in best}, key=lambda n: math.inf if n is None else n)
     fig, axes = _new_figure(len(sizes), 4.2, 3.4)
     panels, labelled = [], {}
@@ -314,7 +319,9 @@ def _algorithm_order(algo: str) -> int:
 
 
 def marginal_table(runs: list[RunInfo]) -> str:
-    """Markdown table of the Fig. 3 runs: the last point of each marginal-likelihood curve."""
+    """Markdown table of the Fig. 3 runs (one per data, N_train and algorithm, as drawn): the
+    last point of each marginal-likelihood curve."""
+    runs = _pick_marginal(runs)
     lines = [
         "| data | N_train | algorithm | samples | train log p(x) | test log p(x) | wall | status |",
         "|---|---|---|---|---|---|---|---|",
