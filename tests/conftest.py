@@ -28,6 +28,9 @@ SCENARIOS: frozenset[str] = frozenset(
     {
         "tests/test_benchmarks.py",
         "tests/test_notebooks.py",
+        # the campaign script (27 recorded launches, twice) and a measurement script
+        "tests/test_reproduce_paper.py",
+        "tests/test_bound_spread.py",
         # test_checkpoints: one run each (fast: crash mid-write, old-release resume, restore)
         "tests/test_checkpoints.py::test_last_ckpt_is_rewritten_every_epoch_and_at_the_end_of_training",
         "tests/test_checkpoints.py::test_a_disk_that_fills_up_ends_in_one_line_and_keeps_loadable_checkpoints",
