@@ -11,8 +11,8 @@
 #   reference  docs/reference-results.md: recipe 1 on dynamically binarised MNIST, then recipe 2
 #              (the IWAE paper's VAE), each at its recipe's own budget;
 # AEVB_QUEUE picks a subset (default "fig2 fig3 reference"). New runs take steps_per_call=
-# $STEPS_PER_CALL (default 8; Fig. 3 and the reference recipes refuse groups: 1). Then the
-# committable copies and the figures (the `sync` step below).
+# $STEPS_PER_CALL (default 8; Fig. 3 refuses groups: 1). Then the committable copies and the
+# figures (the `sync` step below).
 # Each run dir is self-contained; aevb-figures combines whatever runs exist. Re-running the
 # script skips completed runs (in OUT or already copied to docs/reproduction/runs) and resumes
 # interrupted ones from their last.ckpt (resume=auto), so the reproduction can be done piecemeal,
@@ -138,11 +138,11 @@ fig3_budget=$((budget * 3 / 5))   # Fig. 3's x axis ends at 6*10^7 where Fig. 2'
         then echo "skip $name (completed in $m)"; exit 0; fi
     done
     # runs take steps_per_call optimisation steps per Lightning step (the same numbers,
-    # faster); Fig. 3 (validation every 10^4 minibatches, across epochs; MCEM) and the reference
-    # recipes (learning-rate schedules) refuse groups: 1 (aevb.step_groups.check_steps_per_call);
-    # a run resumes with the value it started with (absent from older configs: 1)
+    # faster); Fig. 3 refuses groups (validation every 10^4 minibatches, across epochs; MCEM):
+    # 1 (aevb.step_groups.check_steps_per_call); a run resumes with the value it started with
+    # (absent from older configs: 1)
     k=${STEPS_PER_CALL:-${AEVB_STEPS_PER_CALL:-8}}
-    case $recipe in paper_fig3 | reference_*) k=1 ;; esac
+    case $recipe in paper_fig3) k=1 ;; esac
     cfg='"$out"'/$name/.hydra/config.yaml
     if [ -f "$cfg" ]; then k=$(sed -n "s/^steps_per_call: *//p" "$cfg"); k=${k:-1}; fi
     nice -n 19 aevb-train +experiment=$recipe "$@" data.root='"$root"' \

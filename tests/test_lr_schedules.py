@@ -191,7 +191,11 @@ RESUMED = {
         "lr_schedule.factor=0.5",
     ],  # fmt: skip
     "cosine_step": ["lr_schedule=cosine", "lr_schedule.interval=step"],  # t_max = 30 steps
-}
+    # the same with steps_per_call=3 (aevb.step_groups): groups of batches 0-2, 3-5, 6-8, 9
+    "multistep_k3": ["lr_schedule=multistep", "lr_schedule.milestones=[1,2]",
+                     "lr_schedule.gamma=0.5", "steps_per_call=3"],
+    "cosine_step_k3": ["lr_schedule=cosine", "lr_schedule.interval=step", "steps_per_call=3"],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", sorted(RESUMED))
@@ -200,7 +204,8 @@ def test_resumed_scheduled_run_matches_the_uninterrupted_run(data_root, tmp_path
     common += ["eval.iwae_ks=[]", "~callbacks.latent_scatter", "~callbacks.latent_manifold"]
     common += ["~callbacks.reconstructions", "~callbacks.samples", "trainer.log_every_n_steps=5"]
     common += RESUMED[case]
-    kill = ["+callbacks.fault._target_=tests.faults.KillAt", "+callbacks.fault.at_step=15"]
+    at = 13 if "steps_per_call=3" in RESUMED[case] else 15  # a group starts at step 13
+    kill = ["+callbacks.fault._target_=tests.faults.KillAt", f"+callbacks.fault.at_step={at}"]
     keys = ("best_val/elbo", "test/elbo", "test/kl", "samples_seen", "global_step")
     ca, cb = interrupt_resume_compare(tmp_path, common, kill, -9, last_step=10, keys=keys)
     assert cb["lr_schedulers"] == ca["lr_schedulers"] and len(ca["lr_schedulers"]) == 1

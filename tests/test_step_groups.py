@@ -85,13 +85,24 @@ def _scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: sorted(points) for tag, points in out.items()}
 
 
-@pytest.mark.parametrize("algorithm", ["aevb", "wake_sleep"])
+#: per case, the overrides of both runs; losses and train/lr are logged every 4th batch, so
+#: inside groups too
+SAME_RUNS = {
+    "aevb": [],
+    "wake_sleep": ["model.algorithm=wake_sleep", "trainer.log_every_n_steps=4"],
+    # 27 steps of 10 per epoch: stepped at epochs 1 and 2; t_max = 3 epochs (a budget run)
+    "cosine_epoch": ["lr_schedule=cosine", "trainer.log_every_n_steps=4"],
+    "exponential_step": ["lr_schedule=exponential", "lr_schedule.interval=step",
+                         "lr_schedule.gamma=0.95", "trainer.log_every_n_steps=4"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(SAME_RUNS))
 def test_a_run_is_the_same_with_three_steps_per_call(
-    tmp_path: Path, data_root: Path, algorithm: str
+    tmp_path: Path, data_root: Path, case: str
 ) -> None:
-    extra = [f"model.algorithm={algorithm}"]
-    if algorithm == "wake_sleep":  # its losses are logged every 4th batch: inside groups too
-        extra.append("trainer.log_every_n_steps=4")
+    extra = SAME_RUNS[case]
+    algorithm = "wake_sleep" if case == "wake_sleep" else "aevb"
     runs = [
         _train(tmp_path, data_root, "k1", *extra),
         _train(tmp_path, data_root, "k3", "steps_per_call=3", *extra),
@@ -105,13 +116,19 @@ def test_a_run_is_the_same_with_three_steps_per_call(
     if algorithm == "wake_sleep":
         assert len(logged[0]["train/wake_loss"]) >= 6  # batches 0, 4, 8 of every epoch
         assert {"train/wake_loss", "train/sleep_loss"} <= set(logged[0])
+    if "lr_schedule" in " ".join(extra):  # a different learning rate every epoch or step
+        lrs = logged[0]["train/lr"]
+        assert len({lr for _, lr in lrs}) >= 3 and [s for s, _ in lrs][:3] == [0, 4, 8], lrs
+    if case == "cosine_epoch":  # t_max = the budget's 3 epochs: lr x 1, 3/4, 1/4
+        by_epoch = {step // 10: lr for step, lr in logged[0]["train/lr"]}
+        assert by_epoch[1] == pytest.approx(0.75 * by_epoch[0])
+        assert by_epoch[2] == pytest.approx(0.25 * by_epoch[0])
     assert logged[1] == logged[0]  # TensorBoard too: same values at the same steps
 
 
 def test_refusals_name_the_setting(tmp_path: Path, data_root: Path) -> None:
     cases = {
         "model.algorithm=mcem": "model.algorithm",
-        "lr_schedule=cosine": "lr_schedule",
         "trainer.gradient_clip_val=1.0": "trainer.gradient_clip_val",
         "+trainer.val_check_interval=5": "trainer.val_check_interval",
     }
@@ -151,7 +168,7 @@ def test_ddp_is_refused_before_training(tmp_path: Path, data_root: Path) -> None
 
 def test_refusals_answer_before_torch_loads(tmp_path: Path) -> None:
     for args, key in (
-        (["steps_per_call=2", "lr_schedule=cosine"], "lr_schedule"),
+        (["steps_per_call=2", "model.algorithm=mcem"], "model.algorithm"),
         (["steps_per_call=two"], "steps_per_call"),
     ):
         check_light_answer("aevb.train", "aevb-train", args, tmp_path, 2, key)

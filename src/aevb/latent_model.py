@@ -22,6 +22,7 @@ from aevb.epoch_metrics import TestPrefix
 from aevb.likelihoods import build_likelihood
 from aevb.networks import NetworkSpec, build_networks, init_normal_
 from aevb.registry import OPTIMIZERS
+from aevb.step_groups import StepGroup
 
 
 class LatentVariableModel(TestPrefix, L.LightningModule):
@@ -130,7 +131,12 @@ class LatentVariableModel(TestPrefix, L.LightningModule):
             super().lr_scheduler_step(scheduler, metric)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Log the scheduled learning rate of this step as `train/lr` (constant lr: not logged)."""
+        if not isinstance(batch, StepGroup):  # a group logs per optimiser step (run_steps)
+            self.log_lr(batch_idx)
+
+    def log_lr(self, batch_idx: int) -> None:
+        """Log the scheduled learning rate of the step about to be taken as `train/lr` (constant
+        lr: not logged); batch_idx is the batch's index in the epoch."""
         if self.trainer.lr_scheduler_configs and batch_idx % self.trainer.log_every_n_steps == 0:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             self._log_direct({lr_schedules.LR_TAG: lr})

@@ -116,11 +116,24 @@ def plateau(
 
 
 def run_length(trainer: L.Trainer, interval: str) -> int:
-    """How many `interval`s the trainer will run: its steps, or epochs rounded up."""
-    steps = int(trainer.estimated_stepping_batches)
+    """How many `interval`s the trainer will run: its optimiser steps, or epochs rounded up.
+
+    Lightning knows the epoch's length only once it has loaded the training data, which a
+    budget run (max_steps) has not when the optimisers are configured: the loader then says.
+    With steps_per_call K > 1 (`aevb.step_groups`) Lightning counts a group of K batches as one
+    batch but max_steps in optimiser steps: the epoch's optimiser steps are the loader's
+    `batches_per_epoch` (K > 1 refuses limit_train_batches and gradient accumulation)."""
+    steps = int(trainer.estimated_stepping_batches)  # max_steps, or epochs x batches
+    k = getattr(getattr(trainer, "datamodule", None), "steps_per_call", 1)
+    if k == 1 and trainer.num_training_batches != math.inf:
+        per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
+    else:
+        loader = trainer.train_dataloader or trainer.datamodule.train_dataloader()
+        per_epoch = math.ceil(loader.batches_per_epoch / trainer.accumulate_grad_batches)
+        if k > 1 and trainer.max_steps < 0:  # epochs x groups: in optimiser steps instead
+            steps = trainer.max_epochs * per_epoch
     if interval == "step":
         return steps
-    per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
     return max(1, math.ceil(steps / max(1, per_epoch)))
 
 
@@ -148,6 +161,23 @@ def lightning_scheduler(
 def is_plateau(scheduler: object) -> bool:
     """Whether the scheduler follows val/elbo (stepped by `step_plateau`, not by Lightning)."""
     return isinstance(scheduler, ReduceLROnPlateau)
+
+
+def catch_up(trainer: L.Trainer) -> None:
+    """Step each scheduler but plateau to where Lightning's automatic optimisation has it before
+    the next optimiser step: an epoch-interval one once per completed epoch, a step-interval one
+    once per optimiser step taken (`last_epoch` counts its steps).
+
+    Under manual optimisation (steps_per_call > 1, `aevb.step_groups.run_steps`) Lightning steps
+    no scheduler; calling this before every optimiser step gives each step the learning rate it
+    has with K = 1, from counters a checkpoint restores (global_step, current_epoch), so a resumed
+    run catches up by itself."""
+    for config in trainer.lr_scheduler_configs:
+        if is_plateau(config.scheduler):
+            continue
+        target = trainer.current_epoch if config.interval == "epoch" else trainer.global_step
+        while config.scheduler.last_epoch < target:
+            config.scheduler.step()
 
 
 def step_plateau(configs: Sequence[Any], val_elbo: float | Tensor) -> None:

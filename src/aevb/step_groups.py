@@ -53,15 +53,12 @@ def check_steps_per_call(cfg: Mapping[str, Any]) -> int:
         return k
     trainer = cfg.get("trainer") or {}
     algorithm = (cfg.get("model") or {}).get("algorithm", "aevb")
-    schedule = (cfg.get("lr_schedule") or {}).get("name", "none")
 
     def refuse(key: str, allowed: str, value: Any) -> None:
         raise ConfigError(key, f"{allowed} with steps_per_call={k} (or steps_per_call=1)", value)
 
     if algorithm not in GROUPED_ALGORITHMS:  # MCEM takes its own optimiser steps per batch
         refuse("model.algorithm", " or ".join(GROUPED_ALGORITHMS), algorithm)
-    if schedule != "none":  # manual optimisation steps no scheduler
-        refuse("lr_schedule", "none", schedule)
     if trainer.get("gradient_clip_val"):
         refuse("trainer.gradient_clip_val", "null", trainer.get("gradient_clip_val"))
     if trainer.get("accumulate_grad_batches", 1) not in (None, 1):
@@ -93,15 +90,22 @@ def run_steps(
     around them (`on_before_optimizer_step`: the divergence guard; the step counter): what
     `manual_backward` and `LightningOptimizer.step` add there is dispatch only (0.2-0.3 ms per
     step on one CPU thread). Otherwise it goes through them."""
+    from aevb.lr_schedules import catch_up
+
     trainer, optimizer = module.trainer, module.optimizers()
     per_group = trainer.datamodule.steps_per_call
     direct = _direct_hooks(trainer, module)
     raw = optimizer.optimizer
     params = [p for g in raw.param_groups for p in g["params"]]
+    scheduled = bool(trainer.lr_scheduler_configs)
     for k, batch in enumerate(group):
         if 0 <= trainer.max_steps <= trainer.global_step:  # the budget ends inside the group
             return
-        loss = step(batch, batch_idx * per_group + k)
+        index = batch_idx * per_group + k  # the batch's index in the epoch, as with K = 1
+        if scheduled:  # Lightning steps no scheduler under manual optimisation
+            catch_up(trainer)
+            module.log_lr(index)
+        loss = step(batch, index)
         if direct is None:
             optimizer.zero_grad()  # the order of Lightning's automatic optimisation
             module.manual_backward(loss)
