@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -63,6 +64,29 @@ def test_cosine_over_t_max_and_over_the_whole_run() -> None:
         config = lightning_scheduler(_optimizer(), spec, _trainer())
         assert config["scheduler"].T_max == t_max and config["interval"] == interval
         assert config["name"] == "train/lr"
+
+
+def test_catch_up_steps_each_scheduler_to_its_counter_quietly() -> None:
+    """steps_per_call > 1 (manual optimisation): before an optimisation step, an epoch scheduler
+    has been stepped once per completed epoch and a step scheduler once per step, as Lightning
+    does with K = 1; plateau is left to validation; a resumed run (whose optimiser stepped in
+    the process that saved it) gets no 'scheduler before optimizer' warning."""
+    opt = _optimizer()
+    epochs = LR_SCHEDULES["multistep"](opt, milestones=[1, 2], gamma=0.5)
+    opt2 = _optimizer()
+    steps = LR_SCHEDULES["exponential"](opt2, gamma=0.5)
+    opt3 = _optimizer()
+    plateau = LR_SCHEDULES["plateau"](opt3, factor=0.5, patience=0)
+    configs = [SimpleNamespace(scheduler=sch, interval=interval) for sch, interval in
+               ((epochs, "epoch"), (steps, "step"), (plateau, "epoch"))]  # fmt: skip
+    trainer = SimpleNamespace(lr_scheduler_configs=configs, current_epoch=2, global_step=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lr_schedules.catch_up(trainer)
+        lr_schedules.catch_up(trainer)  # idempotent
+    assert epochs.last_epoch == 2 and opt.param_groups[0]["lr"] == 0.25
+    assert steps.last_epoch == 3 and opt2.param_groups[0]["lr"] == 0.125
+    assert opt3.param_groups[0]["lr"] == 1.0
 
 
 def test_iwae_schedule_is_burda_et_al() -> None:

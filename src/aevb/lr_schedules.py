@@ -22,6 +22,7 @@ them in checkpoints and a resumed run continues the schedule exactly.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from itertools import accumulate
 from typing import Any
@@ -177,7 +178,9 @@ def catch_up(trainer: L.Trainer) -> None:
             continue
         target = trainer.current_epoch if config.interval == "epoch" else trainer.global_step
         while config.scheduler.last_epoch < target:
-            config.scheduler.step()
+            with warnings.catch_warnings():  # a resumed run's optimiser stepped before the save
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler", UserWarning)
+                config.scheduler.step()
 
 
 def step_plateau(configs: Sequence[Any], val_elbo: float | Tensor) -> None:
