@@ -152,6 +152,18 @@ def make_mnist_like(root: Path, folder: str, n_train: int = 600, n_test: int = 2
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_intra_op_thread() -> None:
+    """In-process runs train tiny models, for which torch's default of one intra-op thread per
+    core only adds synchronisation: with the cores busy (a background training campaign) two
+    threads waiting on each other made a 400-step wake-sleep test 13x slower (119 s vs 9 s).
+    Subprocess runs get OMP_NUM_THREADS=1 from `run_cli`; tests of aevb.threads set and restore
+    their own counts."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root holding tiny MNIST and FashionMNIST (600 train / 200 test images)."""
