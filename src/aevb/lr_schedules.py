@@ -129,7 +129,9 @@ def run_length(trainer: L.Trainer, interval: str) -> int:
     if k == 1 and trainer.num_training_batches != math.inf:
         per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
     else:
-        loader = trainer.train_dataloader or trainer.datamodule.train_dataloader()
+        loader = trainer.train_dataloader  # None until Lightning has loaded the data
+        if loader is None:
+            loader = trainer.datamodule.train_dataloader()
         per_epoch = math.ceil(loader.batches_per_epoch / trainer.accumulate_grad_batches)
         if k > 1 and trainer.max_steps < 0:  # epochs x groups: in optimiser steps instead
             steps = trainer.max_epochs * per_epoch
