@@ -11,9 +11,13 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -140,6 +144,19 @@ def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         images[i, 4 + 2 * c : 7 + 2 * c, 4:24] += 200
         images[i, 4:24, 4 + 2 * c : 6 + 2 * c] += 150
     return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+def two_bars(n: int, seed: int = 0) -> torch.Tensor:
+    """n binary 1x4x4 images: two prototypes (bars), each pixel flipped with probability 0.05."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.zeros(2, 1, 4, 4)
+    protos[0, 0, :, :2] = 1
+    protos[1, 0, :2, :] = 1
+    x = protos[torch.randint(0, 2, (n,), generator=g)]
+    flip = torch.rand(x.shape, generator=g) < 0.05
+    return torch.where(flip, 1 - x, x)
 
 
 def make_mnist_like(root: Path, folder: str, n_train: int = 600, n_test: int = 200) -> Path:

@@ -174,6 +174,31 @@ def test_summary_says_how_long_a_run_sat_on_the_z_ignored_bound(tmp_path: Path) 
     assert rows.splitlines()[3].endswith("| 1.0e+04–1.0e+06 |")
 
 
+def test_comparison_measures_the_fig2_claims_at_the_last_common_point(tmp_path: Path) -> None:
+    from aevb.figures import comparison_table
+
+    # grid 1e3..1e6; wake-sleep stopped at 1e5 (partial); AEVB passes its 1e5 test bound at 1e4
+    aevb = RunInfo(tmp_path / "a", "mnist", 3, "aevb", _curve([-200, -130, -120, -110], 2.0))
+    aevb.metrics = {"status": "completed"}
+    ws = RunInfo(tmp_path / "w", "mnist", 3, "wake_sleep", _curve([-190, -170, -140], 5.0))
+    alone = RunInfo(tmp_path / "z", "mnist", 5, "aevb", _curve([-200, -150]))  # no partner
+    runs = {("mnist", 3, "aevb"): aevb, ("mnist", 3, "wake_sleep"): ws,
+            ("mnist", 5, "aevb"): alone}  # fmt: skip
+    rows = comparison_table(runs).splitlines()
+    assert len(rows) == 3  # header, rule, one panel
+    cells = [c.strip() for c in rows[2].strip("|").split("|")]
+    assert cells == ["MNIST", "3", "1.00e+05", "-118.0 / -135.0", "-120.0 / -140.0", "+20.0",
+                     "2 of 3", "1.0e+04 / 1.0e+05 (10×)", "2.0 / 5.0", "partial"]  # fmt: skip
+    ws.curve += _curve([-190, -170, -140, -130], 5.0)[3:]
+    ws.metrics = {"status": "completed"}
+    cells = [c.strip() for c in comparison_table(runs).splitlines()[2].strip("|").split("|")]
+    assert cells[2] == "1.00e+06" and cells[-1] == "final" and cells[6] == "3 of 4"
+    behind = RunInfo(tmp_path / "b", "mnist", 3, "aevb", _curve([-300, -250, -220, -210], 2.0))
+    cells = comparison_table({**runs, ("mnist", 3, "aevb"): behind}).splitlines()[2].split("|")
+    assert cells[8].strip() == "not reached / 1.0e+06" and cells[-2].strip() == "partial"
+    assert comparison_table({("mnist", 5, "aevb"): alone}) == ""
+
+
 def _fig3_run(root: Path, num_train: int, algorithm: str, offset: float, done: bool) -> None:
     """A fabricated Fig. 3 run dir: config, marginal_curve.json, metrics.json."""
     run = root / f"{algorithm}_{num_train}"

@@ -14,18 +14,9 @@ from aevb.config import ConfigError, ModelConfig
 from aevb.data import EpochShuffle, TensorLoader
 from aevb.mcem import MONITOR, MonteCarloEM
 
+from .conftest import two_bars
+
 SHAPE = (1, 4, 4)
-
-
-def toy_data(n: int, seed: int = 0) -> torch.Tensor:
-    """Binary 4x4 images: two prototypes (bars), each pixel flipped with probability 0.05."""
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.zeros(2, *SHAPE)
-    protos[0, 0, :, :2] = 1
-    protos[1, 0, :2, :] = 1
-    x = protos[torch.randint(0, 2, (n,), generator=g)]
-    flip = torch.rand(x.shape, generator=g) < 0.05
-    return torch.where(flip, 1 - x, x)
 
 
 def exact_log_px(model: MonteCarloEM, x: torch.Tensor, half_width: float = 5.0) -> torch.Tensor:
@@ -64,7 +55,7 @@ def _trainer(steps: int, **kw: object) -> L.Trainer:
 
 
 def test_mcem_raises_the_exact_log_likelihood_and_counts_steps() -> None:
-    data, held_out = toy_data(200), toy_data(100, seed=1)
+    data, held_out = two_bars(200), two_bars(100, seed=1)
     model = make_model(len(data))
     before = float(exact_log_px(model, held_out).mean())
     trainer = _trainer(5 * 80, limit_val_batches=0)  # 80 minibatches, 5 updates each
@@ -80,7 +71,7 @@ def test_mcem_raises_the_exact_log_likelihood_and_counts_steps() -> None:
 
 
 def test_chains_persist_between_visits_and_only_visited_rows_change() -> None:
-    data = toy_data(100)
+    data = two_bars(100)
     model = make_model(len(data))
     _trainer(5 * 1, limit_val_batches=0).fit(model, loader(data))  # one minibatch of 50
     rows = EpochShuffle(100, shuffle=True, seed=0).indices()[:50]
@@ -91,7 +82,7 @@ def test_chains_persist_between_visits_and_only_visited_rows_change() -> None:
 
 
 def test_checkpoint_holds_plain_tensors_and_resume_continues_the_chains(tmp_path) -> None:
-    data = toy_data(100)  # two minibatches per epoch
+    data = two_bars(100)  # two minibatches per epoch
     model = make_model(len(data))
     trainer = _trainer(-1, max_epochs=2, limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(model, loader(data))
@@ -113,7 +104,7 @@ def test_checkpoint_holds_plain_tensors_and_resume_continues_the_chains(tmp_path
 
 
 def test_validation_and_test_log_the_appendix_d_estimate() -> None:
-    data, val = toy_data(100), toy_data(40, seed=1)
+    data, val = two_bars(100), two_bars(40, seed=1)
     model = make_model(len(data), eval_points=30)
     val_loader = DataLoader(TensorDataset(val, torch.zeros(40)), batch_size=25)
     trainer = _trainer(5 * 2)
@@ -126,7 +117,7 @@ def test_validation_and_test_log_the_appendix_d_estimate() -> None:
 
 
 def test_persistent_chains_need_aevbs_loader_and_one_device() -> None:
-    data = toy_data(100)
+    data = two_bars(100)
     plain = DataLoader(TensorDataset(data, torch.zeros(100)), batch_size=50)
     with pytest.raises(ValueError, match="model.mcem.persistent must be false"):
         _trainer(5, limit_val_batches=0).fit(make_model(100), plain)

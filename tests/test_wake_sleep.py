@@ -12,18 +12,9 @@ from aevb.config import ConfigError, ModelConfig
 from aevb.vae import VAE
 from aevb.wake_sleep import WakeSleep
 
+from .conftest import two_bars
+
 SHAPE = (1, 4, 4)
-
-
-def toy_data(n: int = 400, seed: int = 0) -> torch.Tensor:
-    """Binary 4x4 images: two prototypes (bars), each pixel flipped with probability 0.05."""
-    g = torch.Generator().manual_seed(seed)
-    protos = torch.zeros(2, *SHAPE)
-    protos[0, 0, :, :2] = 1
-    protos[1, 0, :2, :] = 1
-    x = protos[torch.randint(0, 2, (n,), generator=g)]
-    flip = torch.rand(x.shape, generator=g) < 0.05
-    return torch.where(flip, 1 - x, x)
 
 
 def make_model(**kw: object) -> WakeSleep:
@@ -49,7 +40,7 @@ def _trainer(steps: int, **kw: object) -> L.Trainer:
 
 def test_each_phase_reaches_only_its_own_parameters() -> None:
     model = make_model()
-    x = toy_data(50)
+    x = two_bars(50)
     _, wake = model.wake_loss(x)
     wake.backward()
     assert all(p.grad is None for p in model.encoder.parameters())
@@ -63,7 +54,7 @@ def test_each_phase_reaches_only_its_own_parameters() -> None:
 def test_one_training_step_changes_both_parameter_sets() -> None:
     model = make_model()
     enc, dec = _params(model.encoder), _params(model.decoder)
-    loader = DataLoader(TensorDataset(toy_data(100), torch.zeros(100)), batch_size=50)
+    loader = DataLoader(TensorDataset(two_bars(100), torch.zeros(100)), batch_size=50)
     _trainer(1, limit_val_batches=0).fit(model, loader)
     assert model.global_step == 1 and int(model.samples_seen) == 50
     assert _changed(enc, model.encoder) and _changed(dec, model.decoder)
@@ -71,7 +62,7 @@ def test_one_training_step_changes_both_parameter_sets() -> None:
 
 def test_logged_elbo_is_the_shared_elbo_function() -> None:
     model = make_model()
-    x = toy_data(20)
+    x = two_bars(20)
     torch.manual_seed(3)
     wake_terms, _ = model.wake_loss(x)
     torch.manual_seed(3)
@@ -90,8 +81,8 @@ def test_dreams_come_from_the_generative_model() -> None:
 
 
 def test_objective_improves_on_toy_data_and_logs_vae_keys() -> None:
-    data = toy_data(400)
-    val = toy_data(200, seed=1)
+    data = two_bars(400)
+    val = two_bars(200, seed=1)
     model = make_model()
     with torch.no_grad():
         torch.manual_seed(0)

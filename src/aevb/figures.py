@@ -17,7 +17,9 @@ the model, so they load each run's best checkpoint (`aevb.runs.load_run`):
 
 Each figure is written atomically as PNG and PDF into --out (default: figures/ in the first
 directory, so a sweep's own summary.md is never overwritten),
-with `figures.json` (what was drawn from which run) and `summary.md` (final bounds per run).
+with `figures.json` (what was drawn from which run) and `summary.md`: the last bounds per run,
+AEVB against wake-sleep per Fig. 2 panel (`comparison_table`: the Fig. 2 caption's claims,
+measured) and the Fig. 3 marginal likelihoods.
 torch, Lightning and matplotlib are imported by the functions that draw or load a model, so
 `--help` and a refused command line (a missing directory, no runs) answer without them.
 """
@@ -470,6 +472,69 @@ def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _first_reaching(curve: list[dict[str, Any]], target: float, upto: int) -> int | None:
+    """Samples at the first curve point (at most `upto`) whose test bound is >= target."""
+    for p in curve:
+        if p["samples"] > upto:
+            return None
+        if p["test_elbo"] >= target:
+            return int(p["samples"])
+    return None
+
+
+def comparison_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
+    """Markdown table per Fig. 2 panel with both algorithms: the paper's claims, measured.
+
+    Both runs are compared at the largest training-sample count that is a point of both curves
+    (the recipes share the log-spaced grid), so an unfinished run is compared with the other at
+    its own length and the row says `partial`. Columns: the train and test bound of each
+    (claim: AEVB reaches a better bound), the test-bound difference and at how many common
+    points AEVB's is the higher, the samples each algorithm needs for its test bound to first
+    reach wake-sleep's at the comparison point (claim: AEVB converges faster; resolution: the
+    curve's grid) and the train minus test bound of each (claim: more latent variables do not
+    overfit more). `final` only when both runs completed and the point is both curves' last.
+    """
+    head = (
+        "| data | Nz | compared at (samples) | train L: AEVB / WS | test L: AEVB / WS "
+        "| test L, AEVB − WS | AEVB ahead (test, common points) "
+        "| samples to reach WS's test L: AEVB / WS | train − test: AEVB / WS | status |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    panels = sorted({(d, nz) for d, nz, _ in runs})
+    for data, nz in panels:
+        a, w = runs.get((data, nz, "aevb")), runs.get((data, nz, "wake_sleep"))
+        if a is None or w is None or not a.curve or not w.curve:
+            continue
+        ws_at = {p["samples"]: p for p in w.curve}
+        common = [(p, ws_at[p["samples"]]) for p in a.curve if p["samples"] in ws_at]
+        if not common:
+            continue
+        pa, pw = common[-1]
+        at = int(pa["samples"])
+        target = pw["test_elbo"]
+        reach_a = _first_reaching(a.curve, target, at)
+        reach_w = _first_reaching(w.curve, target, at)
+        if reach_a is None:
+            reach = f"not reached / {reach_w:.1e}"
+        else:
+            reach = f"{reach_a:.1e} / {reach_w:.1e} ({reach_w / reach_a:.3g}×)"
+        ahead = sum(p["test_elbo"] > q["test_elbo"] for p, q in common)
+        final = (
+            all(r.metrics.get("status") == "completed" for r in (a, w))
+            and pa is a.curve[-1]
+            and pw is w.curve[-1]
+        )
+        gaps = [p["train_elbo"] - p["test_elbo"] for p in (pa, pw)]
+        lines.append(
+            f"| {DATA_LABELS.get(data, data)} | {nz} | {at:.2e} "
+            f"| {pa['train_elbo']:.1f} / {pw['train_elbo']:.1f} "
+            f"| {pa['test_elbo']:.1f} / {pw['test_elbo']:.1f} "
+            f"| {pa['test_elbo'] - pw['test_elbo']:+.1f} | {ahead} of {len(common)} | {reach} "
+            f"| {gaps[0]:.1f} / {gaps[1]:.1f} | {'final' if final else 'partial'} |"
+        )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 #: how close (nats) the training bound must be to the z-ignored model's to count as sitting on it
 Z_IGNORED_TOLERANCE = 1.0
 
@@ -531,6 +596,9 @@ def make_figures(
     for data, rs in sorted(fig5_runs.items()):
         manifest["figures"][f"fig5_{data}"] = figure5(rs, data, out, seed=samples_seed)
     summary = summary_table(with_curve) if with_curve else ""
+    comparison = comparison_table(with_curve)
+    if comparison:
+        summary += "\n" + comparison
     if fig3_runs:
         summary += ("\n" if summary else "") + marginal_table(fig3_runs)
     write_bytes_atomic(out / "summary.md", summary.encode())
