@@ -67,8 +67,9 @@ def test_cli_writes_paper_figures_with_expected_panels(sweep: Path, tmp_path: Pa
         assert png.startswith(PNG_MAGIC) and len(png) > 2000
         assert pdf.startswith(b"%PDF") and len(pdf) > 1000
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
-    summary = (out / "summary.md").read_text()
-    assert summary.count("| Frey Face |") == 4 and "Wake-Sleep" in summary
+    runs, panels = (out / "summary.md").read_text().split("\n\n")
+    assert runs.count("| Frey Face |") == 4 and "Wake-Sleep" in runs  # one row per run
+    assert panels.count("| Frey Face |") == 2 and "| final |" in panels  # one per Nz, both done
     assert "fig2_frey_face: 2 panels" in proc.stdout
 
 
