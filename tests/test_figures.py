@@ -144,6 +144,26 @@ def test_fig2_shows_every_curve_whole_with_an_axis_break(tmp_path: Path) -> None
     assert (tmp_path / "fig2_frey_face.png").read_bytes().startswith(PNG_MAGIC)
 
 
+def test_fig2_keeps_the_z_ignored_bound_in_view_when_curves_rise_far_above_it(
+    tmp_path: Path,
+) -> None:
+    """Frey Face Nz = 20: AEVB ends near 1350, wake-sleep sat on the z-ignored bound (576) and
+    the zoom on the best curve used to start at 800, hiding the line and the plateau."""
+    from aevb.figures import figure2
+
+    ref = {"train": 576.0, "test": 580.0}
+    aevb = RunInfo(tmp_path / "a", "frey_face", 20, "aevb", _curve([300, 800, 900, 1200, 1350]),
+                   z_ignored=ref)  # fmt: skip
+    ws = RunInfo(tmp_path / "w", "frey_face", 20, "wake_sleep",
+                 _curve([-900, 400, 576, 576, 700, 990], 0.0), z_ignored=ref)  # fmt: skip
+    info = figure2({("frey_face", 20, "aevb"): aevb, ("frey_face", 20, "wake_sleep"): ws},
+                   "frey_face", tmp_path)  # fmt: skip
+    (panel,) = info["panels"]
+    assert panel["broken_axis"]  # -900 still goes below a break
+    low, high = panel["y_range"]
+    assert low <= 576.0 and high >= 1351.0  # the line and the plateau in the upper strip
+
+
 def test_summary_takes_bound_and_nll_from_the_final_weights(tmp_path: Path) -> None:
     curve = [{"samples": 1000, "train_elbo": -150.0, "test_elbo": -151.0}]
     later = RunInfo(tmp_path, "mnist", 3, "aevb", curve)  # best checkpoint earlier than the end

@@ -212,7 +212,8 @@ def figure2(
     panels, labelled = [], {}
     for i, nz in enumerate(latents):
         panel_runs = {k[2]: runs[k] for k in keys if k[1] == nz}
-        y_full, y_zoom = _y_ranges(list(panel_runs.values()))
+        reference = next((r.z_ignored for r in panel_runs.values() if r.z_ignored), None)
+        y_full, y_zoom = _y_ranges(list(panel_runs.values()), reference)
         if paper:
             (x_lim, y_lim), broken = PAPER_AXES[data], False
         else:
@@ -241,14 +242,14 @@ def figure2(
                 partial.append(f"{label} at {run.samples:.1e}")
             drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x),
                           "status": run.metrics.get("status", "running")})  # fmt: skip
-        reference = next((r.z_ignored for r in panel_runs.values() if r.z_ignored), None)
         if reference:
             for split, style in (("train", ":"), ("test", "-.")):
-                top.axhline(reference[split], color="0.45", ls=style, lw=1.0,
-                            label=f"z ignored ({split})")  # fmt: skip
+                for ax in strips:
+                    ax.axhline(reference[split], color="0.45", ls=style, lw=1.0,
+                               label=f"z ignored ({split})")  # fmt: skip
         if partial:
-            top.text(0.02, 0.02, "partial: " + "; ".join(partial), transform=top.transAxes,
-                     fontsize=6, va="bottom")  # fmt: skip
+            top.text(0.02, 0.98, "partial: " + "; ".join(partial), transform=top.transAxes,
+                     fontsize=6, va="top")  # fmt: skip
         top.set_ylim(*(y_lim if paper else _padded(y_lim)))
         for ax in strips:
             ax.set_xscale("log")
@@ -341,10 +342,13 @@ def marginal_table(runs: list[RunInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _y_ranges(runs: list[RunInfo]) -> tuple[tuple[float, float], tuple[float, float]]:
+def _y_ranges(
+    runs: list[RunInfo], reference: dict[str, float] | None = None
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """(full, zoom) y ranges of a panel's curves. Full: every finite value. Zoom: the later two
-    thirds of the best run's curves (highest final test bound), the last point of every curve
-    and everything above; a curve far below then gets the strip under an axis break."""
+    thirds of the best run's curves (highest final test bound), the last point of every curve,
+    the z-ignored bounds (`reference`; a run sitting on them is the point of the line) and
+    everything above; a curve far below then gets the strip under an axis break."""
 
     def values(points: list[dict[str, Any]]) -> list[float]:
         return [p[k] for p in points for k in ("train_elbo", "test_elbo") if math.isfinite(p[k])]
@@ -352,6 +356,7 @@ def _y_ranges(runs: list[RunInfo]) -> tuple[tuple[float, float], tuple[float, fl
     every = [v for r in runs for v in values(r.curve)]
     best = max(runs, key=lambda r: r.curve[-1]["test_elbo"]).curve
     zoom = values(best[len(best) // 3 :] + [r.curve[-1] for r in runs])
+    zoom += list(reference.values()) if reference else []
     full = (min(every), max(every))
     return full, (min(zoom), full[1])
 
