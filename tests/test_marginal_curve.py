@@ -14,11 +14,12 @@ from aevb.metrics import AppendixD
 from aevb.rundir import RunDir
 from aevb.vae import VAE
 
-from .test_mcem import exact_log_px, loader, make_model, toy_data
+from .conftest import two_bars
+from .test_mcem import exact_log_px, loader, make_model
 
 
 def test_estimate_matches_quadrature_for_models_with_and_without_an_encoder() -> None:
-    x = toy_data(40, seed=2)
+    x = two_bars(40, seed=2)
     mcem = make_model(40)
     torch.manual_seed(0)
     vae = VAE(data_shape=(1, 4, 4), latent_dim=2, hidden_dims=[16], activation="tanh",
@@ -33,7 +34,7 @@ def test_estimate_matches_quadrature_for_models_with_and_without_an_encoder() ->
 
 
 def test_estimate_runs_under_inference_mode() -> None:
-    model, x = make_model(8), toy_data(8)
+    model, x = make_model(8), two_bars(8)
     with torch.inference_mode():
         x = x.clone()
         log_px = AppendixD(num_samples=5, burn_in=5)(
@@ -45,14 +46,14 @@ def test_estimate_runs_under_inference_mode() -> None:
 class _Data(L.LightningDataModule):
     def __init__(self, x: torch.Tensor) -> None:
         super().__init__()
-        self.train_images, self.test_images, self.binarize = x, toy_data(30, seed=3), "none"
+        self.train_images, self.test_images, self.binarize = x, two_bars(30, seed=3), "none"
 
     def train_dataloader(self):
         return loader(self.train_images)
 
 
 def test_curve_points_on_a_linear_grid_with_json_and_resume_state(tmp_path) -> None:
-    data = toy_data(100)
+    data = two_bars(100)
     curve = MarginalCurve(every_samples=200, num_train=20, num_test=10, chunk=16,
                           num_samples=20, burn_in=20)  # fmt: skip
     model = make_model(100)
