@@ -186,8 +186,37 @@ def _save(fig: Any, out: Path, stem: str) -> list[Path]:
 PAPER_AXES = {"mnist": ((1e5, 1e8), (-150.0, -100.0)), "frey_face": ((1e5, 1e8), (0.0, 1600.0))}
 #: --axes paper: the paper's panels (MNIST Nz = 2 runs serve Figs. 4 and 5 only)
 PAPER_PANELS = {"mnist": (3, 5, 10, 20, 200), "frey_face": (2, 5, 10, 20)}
+#: --axes paper: Fig. 3's ranges per N_train (x in millions of samples; y from the tick labels,
+#: 100-160 and 125-160 nats with the signs lost in extraction: ../shared/paper)
+PAPER_AXES_FIG3 = {1000: ((0.0, 60.0), (-160.0, -100.0)), 50000: ((0.0, 60.0), (-160.0, -125.0))}
 #: the y range below the zoomed part that gets its own strip (an axis break) instead of squashing
 BREAK_FACTOR = 1.0
+
+
+def _panel_axes(
+    fig: Any,
+    grid: Any,
+    col: int,
+    ranges: tuple[tuple[float, float], tuple[float, float]],
+    fixed: tuple[float, float] | None = None,
+) -> tuple[list[Any], tuple[float, float]]:
+    """The axes of one panel in column `col` of a 2-row gridspec (4:1) and its y limits.
+
+    ranges = (full, zoom) from `_y_ranges`. With `fixed` (the paper's range) one axes spans both
+    rows. Otherwise the panel shows every value: one axes from the lowest value up when the
+    values below the zoom span at most BREAK_FACTOR times its height, else the zoom on top and a
+    lower strip for the rest, below a marked break ([top, low], sharing x)."""
+    full, zoom = ranges
+    broken = fixed is None and full[0] < zoom[0] - BREAK_FACTOR * (zoom[1] - zoom[0])
+    top = fig.add_subplot(grid[0, col] if broken else grid[:, col])
+    if not broken:
+        return [top], fixed if fixed is not None else (full[0], zoom[1])
+    low = fig.add_subplot(grid[1, col], sharex=top)
+    low.set_ylim(full[0], zoom[0])
+    _mark_break(top, low)
+    top.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
+    low.tick_params(axis="x", which="both", top=False)
+    return [top, low], zoom
 
 
 def figure2(
@@ -213,21 +242,10 @@ def figure2(
     for i, nz in enumerate(latents):
         panel_runs = {k[2]: runs[k] for k in keys if k[1] == nz}
         reference = next((r.z_ignored for r in panel_runs.values() if r.z_ignored), None)
-        y_full, y_zoom = _y_ranges(list(panel_runs.values()), reference)
-        if paper:
-            (x_lim, y_lim), broken = PAPER_AXES[data], False
-        else:
-            x_lim, y_lim = None, y_zoom
-            broken = y_full[0] < y_zoom[0] - BREAK_FACTOR * (y_zoom[1] - y_zoom[0])
-            if not broken:
-                y_lim = (y_full[0], y_zoom[1])
-        top = fig.add_subplot(grid[0, i] if broken else grid[:, i])
-        strips = [top]
-        if broken:
-            low = fig.add_subplot(grid[1, i], sharex=top)
-            low.set_ylim(y_full[0], y_zoom[0])
-            _mark_break(top, low)
-            strips.append(low)
+        ranges = _y_ranges([r.curve for r in panel_runs.values()], ELBO_KEYS, reference)
+        x_lim, fixed = PAPER_AXES[data] if paper else (None, None)
+        strips, y_lim = _panel_axes(fig, grid, i, ranges, fixed)
+        top, broken = strips[0], len(strips) > 1
         drawn, partial = [], []
         for algo, run in sorted(panel_runs.items()):
             x = [p["samples"] for p in run.curve]
@@ -250,7 +268,7 @@ def figure2(
         if partial:
             top.text(0.02, 0.98, "partial: " + "; ".join(partial), transform=top.transAxes,
                      fontsize=6, va="top")  # fmt: skip
-        top.set_ylim(*(y_lim if paper else _padded(y_lim)))
+        top.set_ylim(*(y_lim if fixed else _padded(y_lim)))
         for ax in strips:
             ax.set_xscale("log")
             if x_lim is not None:
@@ -259,9 +277,6 @@ def figure2(
             ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only
             ax.tick_params(labelsize=7)
             ax.grid(True, which="major", alpha=0.3)
-        if broken:
-            top.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
-            strips[-1].tick_params(axis="x", which="both", top=False)
         strips[-1].set_xlabel("# training samples evaluated", fontsize=8)
         top.set_title(f"{DATA_LABELS.get(data, data)}, $N_z = {nz}$", fontsize=10)
         if i == 0:
@@ -276,44 +291,64 @@ def figure2(
             "axes": axes}  # fmt: skip
 
 
-def figure3(runs: list[RunInfo], data: str, out: Path) -> dict[str, Any]:
+def figure3(runs: list[RunInfo], data: str, out: Path, axes: str = "full") -> dict[str, Any]:
     """Fig. 3 for one dataset: a panel per training-set size, the Appendix D marginal
     log-likelihood of training (solid) and test (dashed) points against training samples
     evaluated (millions, linear), one colour per algorithm; the run of each (N_train,
-    algorithm) that reached the most samples; a run that has not completed is labelled."""
+    algorithm) that reached the most samples; a run that has not completed is labelled.
+
+    axes="full" shows every point (`_trained_ranges`: the untrained model's first point, near
+    -543 nats on MNIST, goes below an axis break when it would squash the rest); axes="paper"
+    uses the paper's ranges (PAPER_AXES_FIG3) and may clip."""
+    from matplotlib.figure import Figure
+
     best = {(r.num_train, r.algorithm): r for r in _pick_marginal(runs) if r.data == data}
     sizes = sorted({k[0] for k in best}, key=lambda n: math.inf if n is None else n)
-    fig, axes = _new_figure(len(sizes), 4.2, 3.4)
+    fig = Figure(figsize=(4.2 * len(sizes), 3.4), dpi=100)
+    grid = fig.add_gridspec(2, len(sizes), height_ratios=[4, 1], hspace=0.06)
     panels, labelled = [], {}
-    for ax, size in zip(axes, sizes, strict=True):
+    for i, size in enumerate(sizes):
+        algos = sorted({k[1] for k in best if k[0] == size}, key=_algorithm_order)
+        ranges = _trained_ranges([best[(size, a)].marginal for a in algos])
+        x_lim, fixed = (
+            PAPER_AXES_FIG3[size] if axes == "paper" and size in PAPER_AXES_FIG3 else (None, None)
+        )
+        strips, y_lim = _panel_axes(fig, grid, i, ranges, fixed)
+        top = strips[0]
         drawn, partial = [], []
-        for algo in sorted({k[1] for k in best if k[0] == size}, key=_algorithm_order):
+        for algo in algos:
             run = best[(size, algo)]
             x = [p["samples"] / 1e6 for p in run.marginal]
             color, label = ALGORITHM_COLORS.get(algo, "tab:gray"), ALGORITHM_LABELS.get(algo, algo)
-            for split, style in (("train", "-"), ("test", "--")):
-                ax.plot(x, [p[f"{split}_log_px"] for p in run.marginal], style, color=color,
-                        lw=1.2, marker=".", ms=3, label=f"{label} ({split})")  # fmt: skip
+            for ax in strips:
+                for split, style in (("train", "-"), ("test", "--")):
+                    ax.plot(x, [p[f"{split}_log_px"] for p in run.marginal], style, color=color,
+                            lw=1.2, marker=".", ms=3, label=f"{label} ({split})")  # fmt: skip
             if run.metrics.get("status") != "completed":
                 partial.append(f"{label} at {run.marginal[-1]['samples'] / 1e6:.1f}M")
             drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x),
                           "status": run.metrics.get("status", "running")})  # fmt: skip
         if partial:
-            ax.text(0.02, 0.02, "partial: " + "; ".join(partial), transform=ax.transAxes,
-                    fontsize=6, va="bottom")  # fmt: skip
+            top.text(0.02, 0.02, "partial: " + "; ".join(partial), transform=top.transAxes,
+                     fontsize=6, va="bottom")  # fmt: skip
+        top.set_ylim(*(y_lim if fixed else _padded(y_lim)))
         name = "all" if size is None else f"{size}"
-        ax.set_title(f"{DATA_LABELS.get(data, data)}, $N_{{train}}$ = {name}", fontsize=10)
-        ax.set_xlabel("# training samples evaluated (millions)", fontsize=8)
-        ax.set_xlim(left=0)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+        top.set_title(f"{DATA_LABELS.get(data, data)}, $N_{{train}}$ = {name}", fontsize=10)
+        strips[-1].set_xlabel("# training samples evaluated (millions)", fontsize=8)
+        for ax in strips:
+            ax.set_xlim(*(x_lim or (0, None)))
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3)
+        if i == 0:
+            top.set_ylabel("marginal log-likelihood (nats)", fontsize=8)
+        for handle, label in zip(*top.get_legend_handles_labels(), strict=True):
             labelled.setdefault(label, handle)
-        panels.append({"num_train": size, "curves": drawn})
-    axes[0].set_ylabel("marginal log-likelihood (nats)", fontsize=8)
-    axes[0].legend(labelled.values(), labelled.keys(), fontsize=6, loc="lower right")
-    fig.tight_layout()
-    return {"files": [str(p) for p in _save(fig, out, f"fig3_{data}")], "panels": panels}
+        panels.append({"num_train": size, "curves": drawn, "broken_axis": len(strips) > 1,
+                       "y_range": list(y_lim)})  # fmt: skip
+    fig.axes[0].legend(labelled.values(), labelled.keys(), fontsize=6, loc="lower right")
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.14, top=0.9, wspace=0.2)
+    return {"files": [str(p) for p in _save(fig, out, f"fig3_{data}")], "panels": panels,
+            "axes": axes}  # fmt: skip
 
 
 def _algorithm_order(algo: str) -> int:
@@ -342,23 +377,46 @@ def marginal_table(runs: list[RunInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: the values Fig. 2 and Fig. 3 plot, (train, test)
+ELBO_KEYS = ("train_elbo", "test_elbo")
+LOG_PX_KEYS = ("train_log_px", "test_log_px")
+
+
 def _y_ranges(
-    runs: list[RunInfo], reference: dict[str, float] | None = None
+    curves: list[list[dict[str, Any]]],
+    keys: tuple[str, str],
+    reference: dict[str, float] | None = None,
 ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(full, zoom) y ranges of a panel's curves. Full: every finite value. Zoom: the later two
-    thirds of the best run's curves (highest final test bound), the last point of every curve,
-    the z-ignored bounds (`reference`; a run sitting on them is the point of the line) and
-    everything above; a curve far below then gets the strip under an axis break."""
+    """(full, zoom) y ranges of a panel's curves (`keys`: the train and test value of a point).
+    Full: every finite value. Zoom: the later two thirds of the best curve (highest final test
+    value), the last point of every curve, the z-ignored bounds (`reference`; a run sitting on
+    them is the point of the line) and everything above; a curve far below then gets the strip
+    under an axis break."""
 
     def values(points: list[dict[str, Any]]) -> list[float]:
-        return [p[k] for p in points for k in ("train_elbo", "test_elbo") if math.isfinite(p[k])]
+        return [p[k] for p in points for k in keys if math.isfinite(p[k])]
 
-    every = [v for r in runs for v in values(r.curve)]
-    best = max(runs, key=lambda r: r.curve[-1]["test_elbo"]).curve
-    zoom = values(best[len(best) // 3 :] + [r.curve[-1] for r in runs])
+    every = [v for c in curves for v in values(c)]
+    best = max(curves, key=lambda c: c[-1][keys[1]])
+    zoom = values(best[len(best) // 3 :] + [c[-1] for c in curves])
     zoom += list(reference.values()) if reference else []
     full = (min(every), max(every))
     return full, (min(zoom), full[1])
+
+
+def _trained_ranges(
+    curves: list[list[dict[str, Any]]],
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(full, zoom) y ranges of a Fig. 3 panel: zoom on every point after training started
+    (samples > 0), so each algorithm's whole curve stays in view however slowly it rises; only
+    the untrained model's points can fall below the break."""
+
+    def values(points: list[dict[str, Any]]) -> list[float]:
+        return [p[k] for p in points for k in LOG_PX_KEYS if math.isfinite(p[k])]
+
+    every = [v for c in curves for v in values(c)]
+    trained = [v for c in curves for v in values([p for p in c if p["samples"] > 0])] or every
+    return (min(every), max(every)), (min(trained), max(every))
 
 
 def _padded(limits: tuple[float, float]) -> tuple[float, float]:
@@ -595,7 +653,7 @@ def make_figures(
     for data in sorted({k[0] for k in with_curve}):
         manifest["figures"][f"fig2_{data}"] = figure2(with_curve, data, out, axes)
     for data in sorted({r.data for r in fig3_runs}):
-        manifest["figures"][f"fig3_{data}"] = figure3(fig3_runs, data, out)
+        manifest["figures"][f"fig3_{data}"] = figure3(fig3_runs, data, out, axes)
     if fig4_runs:
         manifest["figures"]["fig4"] = figure4(fig4_runs, out)
     for data, rs in sorted(fig5_runs.items()):
@@ -627,7 +685,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--axes",
         choices=("full", "paper"),
         default="full",
-        help="Fig. 2 ranges: every curve whole (axis break where needed) or the paper's",
+        help="Fig. 2 and 3 ranges: every curve whole (axis break where needed) or the paper's",
     )
     args = parser.parse_args(argv)
     try:
