@@ -382,6 +382,11 @@ ELBO_KEYS = ("train_elbo", "test_elbo")
 LOG_PX_KEYS = ("train_log_px", "test_log_px")
 
 
+def _values(points: list[dict[str, Any]], keys: tuple[str, str]) -> list[float]:
+    """The finite train and test values of the points."""
+    return [p[k] for p in points for k in keys if math.isfinite(p[k])]
+
+
 def _y_ranges(
     curves: list[list[dict[str, Any]]],
     keys: tuple[str, str],
@@ -392,13 +397,9 @@ def _y_ranges(
     value), the last point of every curve, the z-ignored bounds (`reference`; a run sitting on
     them is the point of the line) and everything above; a curve far below then gets the strip
     under an axis break."""
-
-    def values(points: list[dict[str, Any]]) -> list[float]:
-        return [p[k] for p in points for k in keys if math.isfinite(p[k])]
-
-    every = [v for c in curves for v in values(c)]
+    every = [v for c in curves for v in _values(c, keys)]
     best = max(curves, key=lambda c: c[-1][keys[1]])
-    zoom = values(best[len(best) // 3 :] + [c[-1] for c in curves])
+    zoom = _values(best[len(best) // 3 :] + [c[-1] for c in curves], keys)
     zoom += list(reference.values()) if reference else []
     full = (min(every), max(every))
     return full, (min(zoom), full[1])
@@ -410,12 +411,9 @@ def _trained_ranges(
     """(full, zoom) y ranges of a Fig. 3 panel: zoom on every point after training started
     (samples > 0), so each algorithm's whole curve stays in view however slowly it rises; only
     the untrained model's points can fall below the break."""
-
-    def values(points: list[dict[str, Any]]) -> list[float]:
-        return [p[k] for p in points for k in LOG_PX_KEYS if math.isfinite(p[k])]
-
-    every = [v for c in curves for v in values(c)]
-    trained = [v for c in curves for v in values([p for p in c if p["samples"] > 0])] or every
+    every = [v for c in curves for v in _values(c, LOG_PX_KEYS)]
+    trained = [v for c in curves for v in _values([p for p in c if p["samples"] > 0], LOG_PX_KEYS)]
+    trained = trained or every
     return (min(every), max(every)), (min(trained), max(every))
 
 
