@@ -180,6 +180,18 @@ def test_summary_takes_bound_and_nll_from_the_final_weights(tmp_path: Path) -> N
     assert "| -150.0 | -151.0 | - |" in rows[2]  # never the best checkpoint's NLL beside L
 
 
+def test_summary_says_resumed_for_a_run_past_its_interruption(tmp_path: Path) -> None:
+    """A resumed run keeps the metrics.json of its interruption until it ends."""
+    stopped = {"status": "interrupted", "last_checkpoint_step": 500}
+    curve = [{"samples": 10**4, "step": 100, "train_elbo": -150.0, "test_elbo": -151.0}]
+    waiting = RunInfo(tmp_path, "mnist", 3, "aevb", list(curve))
+    waiting.metrics = dict(stopped)
+    resumed = RunInfo(tmp_path, "mnist", 5, "aevb", curve + [{**curve[0], "step": 501}])
+    resumed.metrics = dict(stopped)
+    rows = summary_table({("mnist", 3, "aevb"): waiting, ("mnist", 5, "aevb"): resumed})
+    assert [r.split("|")[-2].strip() for r in rows.splitlines()[2:]] == ["interrupted", "resumed"]
+
+
 def test_summary_says_how_long_a_run_sat_on_the_z_ignored_bound(tmp_path: Path) -> None:
     from aevb.figures import z_ignored_span
 

@@ -505,7 +505,7 @@ def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
     (metrics.json's `test_final/nll` when the best checkpoint differs from the final weights,
     else `test/nll`), the wall time (the longer of metrics.json's, which covers the last session
     only, and the curve's, which adds up resumed sessions) and the status (`running` while there
-    is no metrics.json)."""
+    is no metrics.json, `resumed` after an interruption: `run_status`)."""
     plateau = any(r.z_ignored for r in runs.values())  # a column only where it was recorded
     lines = [
         "| data | Nz | algorithm | samples | train L | test L | test NLL (IW) | wall | status |"
@@ -527,8 +527,7 @@ def summary_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
             f"| {last['samples']:.2e} | {last['train_elbo']:.1f} | {last['test_elbo']:.1f} "
             f"| {f'{nll:.1f}' if isinstance(nll, float) else '-'} "
             f"| {f'{wall / 60:.1f} min' if isinstance(wall, int | float) else '-'} "
-            f"| {m.get('status', 'running')} |"
-            + (f" {stay if run.z_ignored else '-'} |" if plateau else "")
+            f"| {run_status(run)} |" + (f" {stay if run.z_ignored else '-'} |" if plateau else "")
         )
     return "\n".join(lines) + "\n"
 
@@ -594,6 +593,19 @@ def comparison_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
             f"| {gaps[0]:.1f} / {gaps[1]:.1f} | {'final' if final else 'partial'} |"
         )
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def run_status(run: RunInfo) -> str:
+    """metrics.json's status; `running` without one; `resumed` when the run was interrupted and
+    its learning curve has since gone past the step of the checkpoint it stopped at (the
+    metrics.json of the interruption is the last one a run still training has written)."""
+    m = run.metrics
+    status = str(m.get("status", "running"))
+    stopped_at = m.get("last_checkpoint_step")
+    last_step = int(run.curve[-1].get("step", -1)) if run.curve else -1
+    if status == "interrupted" and isinstance(stopped_at, int) and last_step > stopped_at:
+        return "resumed"
+    return status
 
 
 #: how close (nats) the training bound must be to the z-ignored model's to count as sitting on it
