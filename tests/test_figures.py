@@ -190,6 +190,12 @@ def test_summary_says_resumed_for_a_run_past_its_interruption(tmp_path: Path) ->
     resumed.metrics = dict(stopped)
     rows = summary_table({("mnist", 3, "aevb"): waiting, ("mnist", 5, "aevb"): resumed})
     assert [r.split("|")[-2].strip() for r in rows.splitlines()[2:]] == ["interrupted", "resumed"]
+    from aevb.figures import marginal_table  # a Fig. 3 run: its marginal curve says so
+
+    fig3 = RunInfo(tmp_path, "mnist", 3, "mcem", num_train=1000)
+    fig3.marginal = [{"samples": 10**6, "step": 600, "train_log_px": -150.0, "test_log_px": -155.0}]
+    fig3.metrics = dict(stopped)
+    assert marginal_table([fig3]).splitlines()[2].endswith("| resumed |")
 
 
 def test_summary_says_how_long_a_run_sat_on_the_z_ignored_bound(tmp_path: Path) -> None:

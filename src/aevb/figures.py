@@ -259,7 +259,7 @@ def figure2(
             if run.metrics.get("status") != "completed":
                 partial.append(f"{label} at {run.samples:.1e}")
             drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x),
-                          "status": run.metrics.get("status", "running")})  # fmt: skip
+                          "status": run_status(run)})  # fmt: skip
         if reference:
             for split, style in (("train", ":"), ("test", "-.")):
                 for ax in strips:
@@ -327,7 +327,7 @@ def figure3(runs: list[RunInfo], data: str, out: Path, axes: str = "full") -> di
             if run.metrics.get("status") != "completed":
                 partial.append(f"{label} at {run.marginal[-1]['samples'] / 1e6:.1f}M")
             drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x),
-                          "status": run.metrics.get("status", "running")})  # fmt: skip
+                          "status": run_status(run)})  # fmt: skip
         if partial:
             top.text(0.02, 0.02, "partial: " + "; ".join(partial), transform=top.transAxes,
                      fontsize=6, va="bottom")  # fmt: skip
@@ -372,7 +372,7 @@ def marginal_table(runs: list[RunInfo]) -> str:
             f"| {ALGORITHM_LABELS.get(r.algorithm, r.algorithm)} | {last['samples']:.2e} "
             f"| {last['train_log_px']:.1f} | {last['test_log_px']:.1f} "
             f"| {f'{wall / 60:.1f} min' if isinstance(wall, int | float) else '-'} "
-            f"| {r.metrics.get('status', 'running')} |"
+            f"| {run_status(r)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -597,12 +597,14 @@ def comparison_table(runs: dict[tuple[str, int, str], RunInfo]) -> str:
 
 def run_status(run: RunInfo) -> str:
     """metrics.json's status; `running` without one; `resumed` when the run was interrupted and
-    its learning curve has since gone past the step of the checkpoint it stopped at (the
-    metrics.json of the interruption is the last one a run still training has written)."""
+    its learning or marginal-likelihood curve has since gone past the step of the checkpoint it
+    stopped at (the metrics.json of the interruption is the last one a run still training has
+    written)."""
     m = run.metrics
     status = str(m.get("status", "running"))
     stopped_at = m.get("last_checkpoint_step")
-    last_step = int(run.curve[-1].get("step", -1)) if run.curve else -1
+    steps = [int(c[-1].get("step", -1)) for c in (run.curve, run.marginal) if c]
+    last_step = max(steps, default=-1)
     if status == "interrupted" and isinstance(stopped_at, int) and last_step > stopped_at:
         return "resumed"
     return status
