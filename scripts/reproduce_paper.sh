@@ -10,7 +10,9 @@
 #              0.6 x BUDGET (the paper's 6*10^7), longest first;
 #   reference  docs/reference-results.md: recipe 1 on dynamically binarised MNIST, then recipe 2
 #              (the IWAE paper's VAE), each at its recipe's own budget;
-# AEVB_QUEUE picks a subset (default "fig2 fig3 reference"). New runs take steps_per_call=
+# AEVB_QUEUE picks a subset (default "fig2 fig3 reference"); AEVB_RUNS="NAME ..." keeps only the
+# named runs of it, in queue order (e.g. the ones that finish within one session on a machine
+# that may not survive it). New runs take steps_per_call=
 # $STEPS_PER_CALL (default 8; Fig. 3 refuses groups: 1). Then the committable copies and the
 # figures (the `sync` step below).
 # Each run dir is self-contained; aevb-figures combines whatever runs exist. Re-running the
@@ -22,7 +24,7 @@
 # best.ckpt, learning curve, config; about 6 MB per Frey run) to $AEVB_PARK_DIR, storage that
 # does survive, and a launch with AEVB_PARK_DIR set restores parked runs missing from OUT before
 # resuming them. TensorBoard event files are not parked.
-#   [AEVB_QUEUE="fig2 fig3 reference"] scripts/reproduce_paper.sh [DATA_ROOT] [BUDGET] [OUT] [JOBS]
+#   [AEVB_QUEUE="fig2 fig3 reference"] [AEVB_RUNS="NAME ..."] scripts/reproduce_paper.sh [DATA_ROOT] [BUDGET] [OUT] [JOBS]
 #   scripts/reproduce_paper.sh --sync [OUT]     copies + figures of the runs so far (partial too)
 #   AEVB_PARK_DIR=DIR scripts/reproduce_paper.sh --park [OUT]   --sync, then park unfinished runs
 set -euo pipefail
@@ -40,6 +42,7 @@ budget=${2:-100000000}
 out=${out:-${3:-outputs/reproduction}}
 jobs=${4:-2}
 queue=${AEVB_QUEUE:-fig2 fig3 reference}   # which runs, in this order (a subset for a test)
+only=${AEVB_RUNS:-}                         # if set, only these run names
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # 2 jobs x 1 thread beat 1 job x 2 threads by 1.5x
 
 sync() {
@@ -128,7 +131,9 @@ fig3_budget=$((budget * 3 / 5))   # Fig. 3's x axis ends at 6*10^7 where Fig. 2'
         echo "reference_rezende2015_dynamic reference_rezende2015 - data.binarize=dynamic"
         echo "reference_iwae_vae reference_iwae_vae -"
     fi
-} | xargs -P "$jobs" -L 1 sh -c '
+} | while read -r name rest; do
+    if [ -z "$only" ] || [[ " $only " == *" $name "* ]]; then echo "$name $rest"; fi
+done | xargs -P "$jobs" -L 1 sh -c '
     name=$0 recipe=$1 want=$2; shift 2
     [ "$want" = "-" ] && want=0 || set -- "$@" budget_samples=$want
     for m in '"$out"'/$name docs/reproduction/runs/$name docs/reference/runs/${name#reference_}; do

@@ -35,7 +35,9 @@ echo "{\"status\": \"completed\", \"samples_seen\": ${budget:-7}}" > "$dir/metri
 """
 
 
-def _campaign(tmp_path: Path, *args: str, queue: str | None = None) -> list[dict[str, str]]:
+def _campaign(
+    tmp_path: Path, *args: str, queue: str | None = None, runs: str | None = None
+) -> list[dict[str, str]]:
     """Run the script once (one job at a time: the queue's order); the launches it made."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
@@ -47,10 +49,13 @@ def _campaign(tmp_path: Path, *args: str, queue: str | None = None) -> list[dict
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
            "FAKE_LOG": str(log)}  # fmt: skip
     env.pop("AEVB_QUEUE", None)
+    env.pop("AEVB_RUNS", None)
     env.pop("STEPS_PER_CALL", None)
     env.pop("AEVB_STEPS_PER_CALL", None)
     if queue is not None:
         env["AEVB_QUEUE"] = queue
+    if runs is not None:
+        env["AEVB_RUNS"] = runs
     proc = subprocess.run(
         ["bash", str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True
     )
@@ -115,3 +120,10 @@ def test_aevb_queue_selects_part_of_the_campaign(tmp_path: Path) -> None:
     launches = _campaign(tmp_path, "DATA", "1000", str(tmp_path / "out"), "1", queue="fig3")
     assert [run["name"] for run in launches][:2] == ["fig3_n50000_mcem", "fig3_n1000_mcem"]
     assert len(launches) == 6
+
+
+def test_aevb_runs_keeps_only_the_named_runs_in_queue_order(tmp_path: Path) -> None:
+    runs = "fig3_n1000_aevb frey_nz2_aevb fig3_n1000_wake_sleep"
+    launches = _campaign(tmp_path, "DATA", "1000", str(tmp_path / "out"), "1", runs=runs)
+    names = [run["name"] for run in launches]
+    assert names == ["frey_nz2_aevb", "fig3_n1000_wake_sleep", "fig3_n1000_aevb"]
