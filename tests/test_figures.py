@@ -292,6 +292,59 @@ def test_fig3_puts_the_untrained_models_point_below_an_axis_break(tmp_path: Path
     assert paper["y_range"] == [-160.0, -100.0] and not paper["broken_axis"]
 
 
+def _strip_overflow(fig) -> list[tuple[str, float, tuple[float, float]]]:
+    """(axes title or "strip", y, limits) of every drawn data value outside its axes' y range.
+    Matplotlib clips a line to its axes box, but a line within a line width of the edge is
+    still painted along it: a curve of the upper strip then looked like a plateau at the top
+    of the lower one."""
+    out = []
+    for ax in fig.axes:
+        lo, hi = ax.get_ylim()
+        for line in ax.get_lines():
+            if line.get_transform() is not ax.transData:
+                continue  # the break marks (axes coordinates)
+            for y in line.get_ydata():
+                if y == y and not lo <= y <= hi:
+                    out.append((ax.get_title() or "strip", float(y), (lo, hi)))
+    return out
+
+
+def test_each_strip_of_a_broken_axis_draws_only_its_own_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aevb.figures as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out, stem: drawn.append(fig) or [])
+    ref = {"train": 576.0, "test": 580.0}
+    aevb = RunInfo(tmp_path / "a", "frey_face", 20, "aevb",
+                   _curve([300, 800, 900, 1200, 1350]), z_ignored=ref)  # fmt: skip
+    ws = RunInfo(tmp_path / "w", "frey_face", 20, "wake_sleep",
+                 _curve([-900, 400, 576, 576, 700, 990], 0.0), z_ignored=ref)  # fmt: skip
+    (panel,) = figures.figure2(
+        {("frey_face", 20, "aevb"): aevb, ("frey_face", 20, "wake_sleep"): ws},
+        "frey_face",
+        tmp_path,
+    )["panels"]
+    runs = []
+    for algo, start in (("aevb", -150.0), ("wake_sleep", -160.0)):
+        run = RunInfo(tmp_path / algo, "mnist", 3, algo, num_train=1000)
+        values = ((0, -543.4), (2e6, start), (4e6, -135.0), (6e6, -130.0))
+        run.marginal = [{"samples": s, "train_log_px": v + 2, "test_log_px": v} for s, v in values]
+        runs.append(run)
+    (panel3,) = figures.figure3(runs, "mnist", tmp_path)["panels"]
+    assert panel["broken_axis"] and panel3["broken_axis"] and len(drawn) == 2
+    for fig in drawn:
+        assert _strip_overflow(fig) == []
+        low = fig.axes[1]
+        # the lower strip still holds the curves' low parts, ending on its top edge
+        curves = [
+            line.get_ydata() for line in low.get_lines() if line.get_transform() is low.transData
+        ]
+        tops = [max(y for y in ys if y == y) for ys in curves if any(y == y for y in ys)]
+        assert tops and max(tops) == pytest.approx(low.get_ylim()[1])
+
+
 def test_fig3_takes_the_longer_of_a_run_and_its_committed_copy(tmp_path: Path) -> None:
     """scripts/reproduce_paper.sh draws from the campaign's run dirs and their copies in docs/:
     one curve and one table row per (N_train, algorithm), the one that reached more samples."""

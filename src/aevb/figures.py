@@ -212,7 +212,7 @@ def _panel_axes(
     if not broken:
         return [top], fixed if fixed is not None else (full[0], zoom[1])
     low = fig.add_subplot(grid[1, col], sharex=top)
-    low.set_ylim(full[0], zoom[0])
+    low.set_ylim(full[0] - 0.05 * (zoom[0] - full[0]), _padded(zoom)[0])
     _mark_break(top, low)
     top.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
     low.tick_params(axis="x", which="both", top=False)
@@ -246,16 +246,16 @@ def figure2(
         x_lim, fixed = PAPER_AXES[data] if paper else (None, None)
         strips, y_lim = _panel_axes(fig, grid, i, ranges, fixed)
         top, broken = strips[0], len(strips) > 1
+        top.set_ylim(*(y_lim if fixed else _padded(y_lim)))
         drawn, partial = [], []
         for algo, run in sorted(panel_runs.items()):
             x = [p["samples"] for p in run.curve]
             color = ALGORITHM_COLORS.get(algo, "tab:blue")
             label = ALGORITHM_LABELS.get(algo, algo)
-            for ax in strips:
-                for key, style in (("train_elbo", "-"), ("test_elbo", "--")):
-                    split = "train" if key == "train_elbo" else "test"
-                    ax.plot(x, [p[key] for p in run.curve], style, color=color, lw=1.2,
-                            label=f"{label} ({split})")  # fmt: skip
+            for key, style in (("train_elbo", "-"), ("test_elbo", "--")):
+                split = "train" if key == "train_elbo" else "test"
+                _plot(strips, x, [p[key] for p in run.curve], style, logx=True, color=color,
+                      lw=1.2, label=f"{label} ({split})")  # fmt: skip
             if run.metrics.get("status") != "completed":
                 partial.append(f"{label} at {run.samples:.1e}")
             drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x),
@@ -263,12 +263,14 @@ def figure2(
         if reference:
             for split, style in (("train", ":"), ("test", "-.")):
                 for ax in strips:
+                    lo, hi = ax.get_ylim()
+                    if broken and not lo <= reference[split] <= hi:
+                        continue  # only in its own strip, not along the other's edge
                     ax.axhline(reference[split], color="0.45", ls=style, lw=1.0,
                                label=f"z ignored ({split})")  # fmt: skip
         if partial:
             top.text(0.02, 0.98, "partial: " + "; ".join(partial), transform=top.transAxes,
                      fontsize=6, va="top")  # fmt: skip
-        top.set_ylim(*(y_lim if fixed else _padded(y_lim)))
         for ax in strips:
             ax.set_xscale("log")
             if x_lim is not None:
@@ -315,15 +317,16 @@ def figure3(runs: list[RunInfo], data: str, out: Path, axes: str = "full") -> di
         )
         strips, y_lim = _panel_axes(fig, grid, i, ranges, fixed)
         top = strips[0]
+        top.set_ylim(*(y_lim if fixed else _padded(y_lim)))
         drawn, partial = [], []
         for algo in algos:
             run = best[(size, algo)]
             x = [p["samples"] / 1e6 for p in run.marginal]
             color, label = ALGORITHM_COLORS.get(algo, "tab:gray"), ALGORITHM_LABELS.get(algo, algo)
-            for ax in strips:
-                for split, style in (("train", "-"), ("test", "--")):
-                    ax.plot(x, [p[f"{split}_log_px"] for p in run.marginal], style, color=color,
-                            lw=1.2, marker=".", ms=3, label=f"{label} ({split})")  # fmt: skip
+            for split, style in (("train", "-"), ("test", "--")):
+                values = [p[f"{split}_log_px"] for p in run.marginal]
+                _plot(strips, x, values, style, color=color, lw=1.2, marker=".", ms=3,
+                      label=f"{label} ({split})")  # fmt: skip
             if run.metrics.get("status") != "completed":
                 partial.append(f"{label} at {run.marginal[-1]['samples'] / 1e6:.1f}M")
             drawn.append({"algorithm": algo, "run": str(run.path), "points": len(x),
@@ -331,7 +334,6 @@ def figure3(runs: list[RunInfo], data: str, out: Path, axes: str = "full") -> di
         if partial:
             top.text(0.02, 0.02, "partial: " + "; ".join(partial), transform=top.transAxes,
                      fontsize=6, va="bottom")  # fmt: skip
-        top.set_ylim(*(y_lim if fixed else _padded(y_lim)))
         name = "all" if size is None else f"{size}"
         top.set_title(f"{DATA_LABELS.get(data, data)}, $N_{{train}}$ = {name}", fontsize=10)
         strips[-1].set_xlabel("# training samples evaluated (millions)", fontsize=8)
@@ -421,6 +423,52 @@ def _padded(limits: tuple[float, float]) -> tuple[float, float]:
     lo, hi = limits
     pad = 0.05 * (hi - lo) + 1.0
     return lo - pad, hi + pad
+
+
+def _within(
+    x: Sequence[float], y: Sequence[float], lo: float, hi: float, logx: bool = False
+) -> tuple[list[float], list[float], list[int]]:
+    """The polyline (x, y) cut to lo <= y <= hi, and the indices of its own points kept.
+
+    A segment that crosses a limit ends (or starts) at its crossing point (interpolated in log x
+    on a log axis) and NaN breaks the line outside. Drawn so, a curve that runs just outside a
+    strip of a broken axis is not painted along the strip's edge, as clipping alone leaves it
+    (within a line width of the edge, a whole curve of the other strip looked like a plateau)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    kept: list[int] = []
+
+    def add(xv: float, yv: float, own: bool) -> None:
+        inside = lo <= yv <= hi
+        if own and inside:
+            kept.append(len(xs))
+        xs.append(xv)
+        ys.append(yv if inside else math.nan)
+
+    points = list(zip(x, y, strict=True))
+    for i, (x1, y1) in enumerate(points):
+        x0, y0 = points[i - 1] if i else (x1, math.nan)
+        if math.isfinite(y0) and math.isfinite(y1):
+            cuts = sorted(((lim - y0) / (y1 - y0), lim) for lim in (lo, hi)
+                          if (y0 - lim) * (y1 - lim) < 0)  # fmt: skip
+            for t, lim in cuts:
+                log = logx and x0 > 0 and x1 > 0
+                add(x0 * (x1 / x0) ** t if log else x0 + t * (x1 - x0), lim, own=False)
+        add(x1, y1, own=True)
+    return xs, ys, kept
+
+
+def _plot(strips: list[Any], x: Sequence[float], y: Sequence[float], *args: Any,
+          logx: bool = False, **kwargs: Any) -> None:  # fmt: skip
+    """ax.plot on every strip of a panel; on a broken axis each strip draws only its own range
+    (`_within`; markers only on the curve's own points). Call after the strips' y limits are
+    set."""
+    if len(strips) == 1:
+        strips[0].plot(x, y, *args, **kwargs)
+        return
+    for ax in strips:
+        xs, ys, kept = _within(x, y, *ax.get_ylim(), logx=logx)
+        ax.plot(xs, ys, *args, markevery=kept, **kwargs)
 
 
 def _mark_break(top: Any, low: Any) -> None:
