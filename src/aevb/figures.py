@@ -200,19 +200,24 @@ def _panel_axes(
     ranges: tuple[tuple[float, float], tuple[float, float]],
     fixed: tuple[float, float] | None = None,
 ) -> tuple[list[Any], tuple[float, float]]:
-    """The axes of one panel in column `col` of a 2-row gridspec (4:1) and its y limits.
+    """The axes of one panel in column `col` of a 2-row gridspec (4:1), their y limits set, and
+    the panel's y range (unpadded).
 
     ranges = (full, zoom) from `_y_ranges`. With `fixed` (the paper's range) one axes spans both
     rows. Otherwise the panel shows every value: one axes from the lowest value up when the
     values below the zoom span at most BREAK_FACTOR times its height, else the zoom on top and a
-    lower strip for the rest, below a marked break ([top, low], sharing x)."""
+    lower strip for the rest, below a marked break ([top, low], sharing x), the lower strip
+    ending where the top one begins."""
     full, zoom = ranges
     broken = fixed is None and full[0] < zoom[0] - BREAK_FACTOR * (zoom[1] - zoom[0])
     top = fig.add_subplot(grid[0, col] if broken else grid[:, col])
     if not broken:
-        return [top], fixed if fixed is not None else (full[0], zoom[1])
+        y_range = fixed if fixed is not None else (full[0], zoom[1])
+        top.set_ylim(*(y_range if fixed is not None else _padded(y_range)))
+        return [top], y_range
+    top.set_ylim(*_padded(zoom))
     low = fig.add_subplot(grid[1, col], sharex=top)
-    low.set_ylim(full[0] - 0.05 * (zoom[0] - full[0]), _padded(zoom)[0])
+    low.set_ylim(full[0] - 0.05 * (zoom[0] - full[0]), top.get_ylim()[0])
     _mark_break(top, low)
     top.tick_params(axis="x", which="both", bottom=False, labelbottom=False)
     low.tick_params(axis="x", which="both", top=False)
@@ -246,7 +251,6 @@ def figure2(
         x_lim, fixed = PAPER_AXES[data] if paper else (None, None)
         strips, y_lim = _panel_axes(fig, grid, i, ranges, fixed)
         top, broken = strips[0], len(strips) > 1
-        top.set_ylim(*(y_lim if fixed else _padded(y_lim)))
         drawn, partial = [], []
         for algo, run in sorted(panel_runs.items()):
             x = [p["samples"] for p in run.curve]
@@ -317,7 +321,6 @@ def figure3(runs: list[RunInfo], data: str, out: Path, axes: str = "full") -> di
         )
         strips, y_lim = _panel_axes(fig, grid, i, ranges, fixed)
         top = strips[0]
-        top.set_ylim(*(y_lim if fixed else _padded(y_lim)))
         drawn, partial = [], []
         for algo in algos:
             run = best[(size, algo)]
@@ -451,8 +454,8 @@ def _within(
         if math.isfinite(y0) and math.isfinite(y1):
             cuts = sorted(((lim - y0) / (y1 - y0), lim) for lim in (lo, hi)
                           if (y0 - lim) * (y1 - lim) < 0)  # fmt: skip
+            log = logx and x0 > 0 and x1 > 0
             for t, lim in cuts:
-                log = logx and x0 > 0 and x1 > 0
                 add(x0 * (x1 / x0) ** t if log else x0 + t * (x1 - x0), lim, own=False)
         add(x1, y1, own=True)
     return xs, ys, kept
@@ -461,8 +464,7 @@ def _within(
 def _plot(strips: list[Any], x: Sequence[float], y: Sequence[float], *args: Any,
           logx: bool = False, **kwargs: Any) -> None:  # fmt: skip
     """ax.plot on every strip of a panel; on a broken axis each strip draws only its own range
-    (`_within`; markers only on the curve's own points). Call after the strips' y limits are
-    set."""
+    (`_within`; markers only on the curve's own points) within the limits `_panel_axes` set."""
     if len(strips) == 1:
         strips[0].plot(x, y, *args, **kwargs)
         return
