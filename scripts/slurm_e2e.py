@@ -51,6 +51,9 @@ SLURM = [
 ]
 #: every `aevb-train -m` started, stopped at exit if still waiting for its jobs
 LAUNCHED: list[subprocess.Popen[bytes]] = []
+#: epochs of the requeue scenario's runs: enough that `scontrol requeue` lands while the job
+#: trains (with 6, on a busy CI machine it landed on the final epoch's last batch)
+TWIN_EPOCHS = 20
 COMPARED = ("test/elbo", "test/nll", "test/kl", "best_val/elbo", "samples_seen", "global_step")
 
 
@@ -137,7 +140,7 @@ def scenario_array(work: Path) -> None:
 
 def scenario_requeue(work: Path) -> float:
     """Returns the uninterrupted twin's seconds per epoch."""
-    twin = ["model.latent_dim=2", "trainer.max_epochs=6"]
+    twin = ["model.latent_dim=2", f"trainer.max_epochs={TWIN_EPOCHS}"]
     sweep, proc = launch(work, "requeued", *twin)
     twin_sweep, twin_proc = launch(work, "uninterrupted", *twin)
     last = sweep / "0" / "checkpoints" / "last.ckpt"
@@ -153,7 +156,8 @@ def scenario_requeue(work: Path) -> float:
     a, b = metrics(sweep / "0"), metrics(twin_sweep / "0")
     diffs = {k: abs(a[k] - b[k]) for k in COMPARED}
     same = all(d <= 1e-6 * max(1.0, abs(b[k])) for k, d in diffs.items())
-    check(same and a["epochs"] == b["epochs"] == 6, f"requeue: metrics of the twin ({diffs})")
+    epochs = a["epochs"] == b["epochs"] == TWIN_EPOCHS
+    check(same and epochs, f"requeue: metrics of the twin ({diffs})")
     return b["fit_time_s"] / b["epochs"]
 
 

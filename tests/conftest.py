@@ -78,7 +78,7 @@ SCENARIOS: frozenset[str] = frozenset(
         "tests/test_reliability.py::test_resume_after_sigkill_matches_the_uninterrupted_run",
         "tests/test_resume.py::test_budget_run_resumed_from_an_epoch_end_checkpoint_matches_the_uninterrupted_run",
         "tests/test_resume.py::test_run_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_result",
-        "tests/test_resume.py::test_run_stopped_by_sigterm_on_an_epochs_last_batch_resumes_to_the_same_weights",
+        "tests/test_resume.py::test_run_stopped_by_sigterm_on_an_epochs_last_batch_resumes_to_the_same_result",
         # test_rundir: a finished run, concurrent launches, a re-run sweep (fast: names, paths)
         "tests/test_rundir.py::test_launches_in_the_same_second_get_their_own_dirs",
         "tests/test_rundir.py::test_a_dir_locked_by_another_process_is_refused_and_left_alone",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from aevb.data import EpochShuffle, TensorLoader
@@ -59,13 +60,33 @@ def test_run_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_result(
     interrupt_resume_compare(tmp_path, common, term, returncode=143, last_step=16)
 
 
-def test_run_stopped_by_sigterm_on_an_epochs_last_batch_resumes_to_the_same_weights(
-    data_root: Path, tmp_path: Path
+NO_IMPROVEMENT = "+callbacks.best._target_=tests.faults.NoImprovement"
+
+
+@pytest.mark.parametrize(
+    ("epoch", "best_is_final"),
+    [(1, True), (2, True), (2, False)],
+    ids=["middle-epoch", "final-epoch", "final-epoch-not-best"],
+)
+def test_run_stopped_by_sigterm_on_an_epochs_last_batch_resumes_to_the_same_result(
+    data_root: Path, tmp_path: Path, epoch: int, best_is_final: bool
 ) -> None:
-    """SIGTERM on epoch 1's last batch: last.ckpt is written before that epoch's validation,
-    which the resumed run skips. Validation draws its noise on forked streams (VAL_SEED), so
-    skipping it leaves the training noise, and hence the weights, as in the uninterrupted run."""
+    """SIGTERM on an epoch's last batch (10 batches an epoch): last.ckpt is written at that
+    batch's end, then the epoch's validation still runs and rewrites best.ckpt and last.ckpt as
+    in the uninterrupted run. On the final epoch (the CI's `scontrol requeue` that landed there)
+    the resumed run has nothing left to train and only tests: best.ckpt, best_val/elbo, the
+    test metrics (on forked streams, vae.TEST_SEED) and, where the final weights are not the
+    best, their own test_final/* metrics must still be the uninterrupted run's."""
     common = [*tiny_overrides(data_root), "trainer.max_epochs=3", *QUIET]
-    term = ["+callbacks.fault._target_=tests.faults.SignalAt", "+callbacks.fault.at_step=19"]
-    keys = ("test/elbo", "samples_seen", "global_step")
-    interrupt_resume_compare(tmp_path, common, term, returncode=143, last_step=20, keys=keys)
+    keys = ("best_val/elbo", "test/elbo", "samples_seen", "global_step", "final_is_best")
+    if not best_is_final:  # best.ckpt stays epoch 0's
+        common.append(NO_IMPROVEMENT)
+        keys += ("test_final/elbo",)
+    at_step = 10 * epoch + 9
+    term = [
+        "+callbacks.fault._target_=tests.faults.SignalAt",
+        f"+callbacks.fault.at_step={at_step}",
+    ]
+    interrupt_resume_compare(
+        tmp_path, common, term, returncode=143, last_step=at_step + 1, keys=keys
+    )

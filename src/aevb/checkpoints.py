@@ -176,6 +176,9 @@ class RunCheckpoint(ModelCheckpoint):
     """
 
     _last_step_written: int | None = None
+    #: the monitored value when last.ckpt was written (kept in it): a run resumed with nothing
+    #: left to fit validates nothing, and compares this with the best score instead
+    last_score: float | None = None
 
     def __init__(self, *args: Any, last_every_n_epochs: int = 1, **kwargs: Any) -> None:
         if not (isinstance(last_every_n_epochs, int) and last_every_n_epochs >= 1):
@@ -192,7 +195,17 @@ class RunCheckpoint(ModelCheckpoint):
         (and of any plain ModelCheckpoint) is restored on resume."""
         return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_score": self.last_score}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.last_score = state_dict.get("last_score")  # absent from older checkpoints
+
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
+        if self.save_last and self.monitor is not None:
+            value = monitor_candidates.get(self.monitor)
+            self.last_score = None if value is None else float(value)
         super()._save_last_checkpoint(trainer, monitor_candidates)
         if self.save_last:
             self._last_step_written = trainer.global_step
@@ -207,11 +220,20 @@ class RunCheckpoint(ModelCheckpoint):
         ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
-    def save_last_now(self, trainer: L.Trainer) -> None:
+    def save_last_now(self, trainer: L.Trainer, then_validated: bool = False) -> None:
         """Write last.ckpt at this point (a signal's stop at a batch end: the state Lightning
-        resumes mid-epoch from; the epoch-end and train-end writes then see it is current)."""
-        if self.save_last and self._last_step_written != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        resumes mid-epoch from; the epoch-end and train-end writes then see it is current).
+
+        `then_validated`: the uninterrupted run validates right after this batch, so the writes
+        that follow that validation (best.ckpt if it improved, last.ckpt past it) must still
+        happen: Lightning skips every save at a step it has already saved at, and a resume
+        from this pre-validation last.ckpt would never validate this epoch."""
+        if not self.save_last or self._last_step_written == trainer.global_step:
+            return
+        saved_step, written_step = self._last_global_step_saved, self._last_step_written
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if then_validated:  # this write only guards against a second signal in validation
+            self._last_global_step_saved, self._last_step_written = saved_step, written_step
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

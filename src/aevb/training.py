@@ -147,6 +147,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if best_path is not None and ckpt.best_model_score is None:  # resumed in a moved run dir:
         best_path = None  # Lightning kept the path but not its score; test the final weights
     final_val = trainer.callback_metrics.get(monitor)
+    if final_val is None and isinstance(ckpt, checkpoints.RunCheckpoint):
+        final_val = ckpt.last_score  # resumed with nothing left to fit: nothing was validated
     final_is_best = (
         best_path is None
         or final_val is None
@@ -340,6 +342,18 @@ def _summary(metrics: dict[str, Any], run_dir: Path) -> str:
     )
 
 
+def validation_due(trainer: L.Trainer) -> bool:
+    """Whether an uninterrupted fit validates after the current training batch (Lightning's
+    own decision, asked with `should_stop` unset: once a stop is requested, Lightning validates
+    after whatever batch it stops at, a point the uninterrupted run never validates at)."""
+    stop, trainer.should_stop = trainer.should_stop, False
+    try:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+    finally:
+        trainer.should_stop = stop
+
+
 class StopOnSignal(L.Callback):
     """First SIGINT/SIGTERM during training: finish the batch, stop; second: `Interrupted`.
 
@@ -385,11 +399,14 @@ class StopOnSignal(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         """After a signal, write last.ckpt here, at the batch end: written later (at the end of
         the epoch the stop cuts short), it would mark that epoch done and a resume would skip
-        the rest of it."""
+        the rest of it. Where an uninterrupted run validates after this batch (an epoch's last
+        batch), that validation's own checkpoint writes still follow: best.ckpt and the
+        best-score record then match the uninterrupted run's."""
         if self.signum is not None:
+            then_validated = validation_due(trainer)
             for callback in trainer.checkpoint_callbacks:
                 if hasattr(callback, "save_last_now"):
-                    callback.save_last_now(trainer)
+                    callback.save_last_now(trainer, then_validated=then_validated)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._trainer = None

@@ -28,6 +28,10 @@ from aevb.step_groups import StepGroup, run_steps
 #: run stopped before an epoch's validation resumes to the same weights) and every epoch's
 #: val/elbo uses the same noise (common random numbers across epochs)
 VAL_SEED = 0x5EED_0A1
+#: seed of the test's z draws, forked the same way: test metrics are a function of the weights
+#: and the test set alone, so a run resumed after its fit ended (requeued while testing, or on
+#: its epoch's last batch) reports what the uninterrupted run reported
+TEST_SEED = 0x5EED_7E5
 
 
 def prior_quantiles(steps: int) -> Tensor:
@@ -211,24 +215,28 @@ class VAE(RankStreams, LatentVariableModel):
         sums.add(posterior.mean, metrics.kl_per_dim(posterior, self.prior), log_w)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_streams = ExitStack()  # closed (training streams restored) at the epoch end
+        self._eval_streams = ExitStack()  # closed (training streams restored) at the epoch end
         seed = mix_seed(VAL_SEED, self.global_rank)
-        self._val_streams.enter_context(forked_streams(seed, self.device))
+        self._eval_streams.enter_context(forked_streams(seed, self.device))
 
     def on_test_epoch_start(self) -> None:
         self._test_sums = TestSums(self.evaluation)
+        self._eval_streams = ExitStack()
+        seed = mix_seed(TEST_SEED, self.global_rank)
+        self._eval_streams.enter_context(forked_streams(seed, self.device))
 
     def on_train_epoch_end(self) -> None:
         self._log_means("train")
 
     def on_validation_epoch_end(self) -> None:
-        self._val_streams.close()
+        self._eval_streams.close()
         values = self._log_means("val")
         if values is not None and not self.trainer.sanity_checking:
             val_elbo = values[lr_schedules.PLATEAU_MONITOR]
             lr_schedules.step_plateau(self.trainer.lr_scheduler_configs, val_elbo)
 
     def on_test_epoch_end(self) -> None:
+        self._eval_streams.close()
         self._log_means("test")
         result = self._test_sums.result(self._reduce)
         if result is not None:
