@@ -518,15 +518,9 @@ def _native_size(grids: list[Any], title_in: float = 0.4) -> tuple[float, float]
 def figure4(runs: list[RunInfo], out: Path, steps: int = 16) -> dict[str, Any]:
     """Fig. 4: one manifold panel per dataset (steps x steps decoded grid points)."""
     grids = [_image_grid(manifold_images(_load_model(run), steps), steps) for run in runs]
-    fig, axes = _new_figure(len(runs), *_native_size(grids))
-    panels = []
-    for ax, run, grid in zip(axes, runs, grids, strict=True):
-        ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"{DATA_LABELS.get(run.data, run.data)}, $N_z = 2$", fontsize=10)
-        ax.axis("off")
-        panels.append({"data": run.data, "run": str(run.path), "grid": [steps, steps]})
-    fig.tight_layout()
-    return {"files": [str(p) for p in _save(fig, out, "fig4")], "panels": panels}
+    titles = [f"{DATA_LABELS.get(run.data, run.data)}, $N_z = 2$" for run in runs]
+    panels = [{"data": run.data, "run": str(run.path), "grid": [steps, steps]} for run in runs]
+    return _image_figure(grids, titles, panels, out, "fig4")
 
 
 def figure5(runs: list[RunInfo], data: str, out: Path, n: int = 10, seed: int = 0) -> dict:
@@ -537,15 +531,22 @@ def figure5(runs: list[RunInfo], data: str, out: Path, n: int = 10, seed: int = 
     for run in runs:
         g = torch.Generator().manual_seed(seed)
         grids.append(_image_grid(_load_model(run).sample(n * n, generator=g), n))
-    fig, axes = _new_figure(len(runs), *_native_size(grids))
-    panels = []
-    for ax, run, grid in zip(axes, runs, grids, strict=True):
+    titles = [f"$N_z = {run.latent_dim}$" for run in runs]
+    panels = [{"latent_dim": run.latent_dim, "run": str(run.path)} for run in runs]
+    return _image_figure(grids, titles, panels, out, f"fig5_{data}")
+
+
+def _image_figure(
+    grids: list[Any], titles: list[str], panels: list[dict], out: Path, name: str
+) -> dict[str, Any]:
+    """One row of grayscale image grids at their native size, titled; the figure's record."""
+    fig, axes = _new_figure(len(grids), *_native_size(grids))
+    for ax, grid, title in zip(axes, grids, titles, strict=True):
         ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"$N_z = {run.latent_dim}$", fontsize=10)
+        ax.set_title(title, fontsize=10)
         ax.axis("off")
-        panels.append({"latent_dim": run.latent_dim, "run": str(run.path)})
     fig.tight_layout()
-    return {"files": [str(p) for p in _save(fig, out, f"fig5_{data}")], "panels": panels}
+    return {"files": [str(p) for p in _save(fig, out, name)], "panels": panels}
 
 
 # ----- summary ----------------------------------------------------------------------------------
