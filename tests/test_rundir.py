@@ -13,6 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from aevb import rundir
+from aevb.errors import RunDirError
 
 from .conftest import REPO, run_cli, tiny_overrides
 
@@ -194,6 +195,34 @@ def test_job_dir_names_a_new_job_by_number_or_number_and_hash(tmp_path) -> None:
     assert rundir.job_dir(1, _root_=root("model.beta=4")) == "1"
     other = rundir.job_dir(0, _root_=root("model.beta=4"))
     assert other.startswith("0-") and len(other) == 10
+
+
+def test_a_secondary_rank_joins_the_job_dir_its_rank_zero_names(tmp_path, monkeypatch) -> None:
+    """A 2-task SLURM job resolves hydra.sweep.subdir in both processes: rank 1 waits for the
+    dir holding its overrides (rank 0's), instead of naming one itself (CI, 2026-12-08: rank 1
+    made "0" first, rank 0 found it taken and wrote its run to "0-<hash>")."""
+    import threading
+
+    def root(*overrides: str) -> object:
+        return OmegaConf.create(
+            {"hydra": {"sweep": {"dir": str(tmp_path)}, "overrides": {"task": list(overrides)}}}
+        )
+
+    def rank_zero_writes() -> None:
+        (tmp_path / "0" / ".hydra").mkdir(parents=True)
+        (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- model.beta=4\n")
+
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    timer = threading.Timer(0.5, rank_zero_writes)
+    timer.start()
+    try:
+        assert rundir.job_dir(0, _root_=root("model.beta=4")) == "0"
+    finally:
+        timer.cancel()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0"]  # nothing named by rank 1
+    monkeypatch.setattr(rundir, "RANK_ZERO_DIR_TIMEOUT_S", 0.3)
+    with pytest.raises(RunDirError, match="rank 0 of this job wrote no job dir"):
+        rundir.job_dir(1, _root_=root("model.beta=2"))
 
 
 def test_rank_variables_mark_secondary_ranks() -> None:

@@ -21,7 +21,9 @@ refusals before Hydra writes.
 - Sweep jobs are named by the `aevb.job_dir` resolver (hydra.sweep.subdir): a job whose
   overrides match an existing job dir of the sweep gets that dir, so re-running a sweep with
   reordered values resumes each job with its own hyper-parameters; a new job gets its number,
-  or `<number>-<hash of its overrides>` when that name is taken.
+  or `<number>-<hash of its overrides>` when that name is taken. In a multi-task SLURM job
+  (DDP), rank 0 names the dir and the other ranks wait for it: each resolving on its own, a rank
+  that came second found the dir a sibling had just made and took `<number>-<hash>`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import hashlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,10 +265,32 @@ def existing_jobs(sweep_dir: Path) -> dict[str, tuple[str, ...]]:
     return jobs
 
 
+#: how long a DDP rank > 0 of a sweep job waits for rank 0 to create the job's dir
+RANK_ZERO_DIR_TIMEOUT_S = 300.0
+
+
+def _rank_zero_job_dir(sweep_dir: Path, mine: tuple[str, ...], timeout: float) -> str:
+    """The job dir rank 0 of this job created (it holds this job's overrides), once it exists."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for name, theirs in existing_jobs(sweep_dir).items():
+            if theirs == mine:
+                return name
+        if time.monotonic() > deadline:
+            raise RunDirError(
+                f"hydra.sweep.dir {sweep_dir}: rank 0 of this job wrote no job dir with its "
+                f"overrides within {timeout:.0f} s (a rank > 0 joins the dir rank 0 names)"
+            )
+        time.sleep(0.2)
+
+
 def job_dir(num: Any, *, _root_: DictConfig) -> str:
-    """hydra.sweep.subdir of a sweep job: the existing dir with its overrides, else new."""
+    """hydra.sweep.subdir of a sweep job: the existing dir with its overrides, else new (a DDP
+    rank > 0: the dir its rank 0 makes)."""
     sweep_dir = Path(str(_root_.hydra.sweep.dir))
     mine = tuple(_job_key(_root_.hydra.overrides.task))
+    if is_secondary_rank():
+        return _rank_zero_job_dir(sweep_dir, mine, RANK_ZERO_DIR_TIMEOUT_S)
     for name, theirs in existing_jobs(sweep_dir).items():
         if theirs == mine:
             return name
