@@ -346,10 +346,13 @@ def validation_due(trainer: L.Trainer) -> bool:
     """Whether an uninterrupted fit validates after the current training batch (Lightning's
     own decision, asked with `should_stop` unset: once a stop is requested, Lightning validates
     after whatever batch it stops at, a point the uninterrupted run never validates at)."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    decide = getattr(epoch_loop, "_should_check_val_fx", None)  # private: Lightning 2.1-2.6
+    if decide is None:  # another Lightning: validation follows an epoch's last batch
+        return bool(trainer.enable_validation and epoch_loop.batch_progress.is_last_batch)
     stop, trainer.should_stop = trainer.should_stop, False
     try:
-        epoch_loop = trainer.fit_loop.epoch_loop
-        return bool(epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher))
+        return bool(decide(trainer.fit_loop._data_fetcher))
     finally:
         trainer.should_stop = stop
 
